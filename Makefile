@@ -1,0 +1,36 @@
+# make run   - set up (first time only) and serve the API on http://127.0.0.1:8000, embedded Weaviate
+# make test  - set up (first time only) and run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-slow setup lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip==26.3
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+	$(VENV)/bin/ticket-rag setup
+
+run: setup
+	$(VENV)/bin/ticket-rag serve
+
+test: setup
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(VENV)/bin/python -m pytest -m slow $(PYTEST_ARGS)
+
+# Re-resolve every pinned package after changing pyproject.toml's dependencies.
+lock:
+	rm -rf /tmp/ticket-rag-lock && $(PYTHON) -m venv /tmp/ticket-rag-lock
+	/tmp/ticket-rag-lock/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Every package pinned, as resolved and tested together (pip freeze)."; echo "# Regenerate: make lock"; \
+	  /tmp/ticket-rag-lock/bin/pip freeze --exclude-editable | grep -v '^ticket-rag'; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) data

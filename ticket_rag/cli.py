@@ -1,0 +1,91 @@
+"""The `ticket-rag` command: serve, setup (and later import, eval)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ticket_rag.settings import ConfigError, Settings, load_settings
+
+logger = logging.getLogger("ticket_rag")
+
+
+def _prepare(settings: Settings) -> None:
+    """Fetch and verify what the service needs before it starts: the Weaviate binary and the model."""
+    from ticket_rag.artifacts import ensure_weaviate_binary, resolve_model
+
+    if settings.embedded_weaviate and settings.weaviate_binary is None:
+        ensure_weaviate_binary(settings.cache_dir, settings.weaviate_version)
+    if settings.embedded_weaviate and settings.weaviate_binary is not None and not settings.weaviate_binary.is_file():
+        raise ConfigError(f"WEAVIATE_BINARY: no file at {settings.weaviate_binary}")
+    resolve_model(settings.embedding_model, cache_dir=settings.cache_dir, expected_sha256=settings.embedding_sha256)
+
+
+def _check_ports(settings: Settings, host: str, port: int) -> None:
+    from ticket_rag.weaviate_server import port_in_use
+
+    wanted = [("PORT", port, host)]
+    if settings.embedded_weaviate:
+        wanted += [
+            ("WEAVIATE_HTTP_PORT", settings.weaviate_http_port, "127.0.0.1"),
+            ("WEAVIATE_GRPC_PORT", settings.weaviate_grpc_port, "127.0.0.1"),
+        ]
+    for name, number, where in wanted:
+        if port_in_use(number, where):
+            raise ConfigError(
+                f"port {number} on {where} is taken: stop what runs there, or set {name} to a free port"
+                + (" (or WEAVIATE_URL to use a Weaviate that already runs)" if name != "PORT" else "")
+            )
+
+
+def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    _prepare(settings)
+    logger.info("ready: the Weaviate binary and the embedding model are in %s", settings.cache_dir)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from server import create_app
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    _check_ports(settings, host, port)
+    _prepare(settings)
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=20)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticket-rag", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the API (embedded Weaviate unless WEAVIATE_URL is set)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=cmd_serve)
+    setup = sub.add_parser("setup", help="build/fetch and verify the Weaviate binary and the model weights")
+    setup.set_defaults(func=cmd_setup)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ticket_rag.observability import configure_logging
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(level=settings.log_level, json_lines=settings.log_json)
+        return int(args.func(args, settings))
+    except ConfigError as exc:
+        print(f"ticket-rag: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

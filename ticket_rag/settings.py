@@ -1,0 +1,111 @@
+"""All configuration, read once from the environment and `.env`."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-mpnet-base-v2"
+DEFAULT_MODEL_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+WEAVIATE_VERSION = "v1.39.3"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ticket-rag"
+
+
+class ConfigError(Exception):
+    """A configuration or set-up problem the operator must fix; the message says how."""
+
+
+class Settings(BaseSettings):
+    """ticket-rag's settings; each field is the upper-case environment variable of the same name."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", validate_default=True)
+
+    environment: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    cors_origins: list[str] = ["http://localhost:3000", "http://localhost:5173"]
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    data_dir: Path = Path("data")
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+
+    # An external Weaviate (docker compose, a cluster). Unset: run the embedded one.
+    weaviate_url: str | None = None
+    weaviate_grpc_url: str | None = None
+    weaviate_api_key: SecretStr | None = None
+    # The embedded Weaviate.
+    weaviate_version: str = WEAVIATE_VERSION
+    weaviate_binary: Path | None = None
+    weaviate_http_port: int = Field(8080, ge=1, le=65535)
+    weaviate_grpc_port: int = Field(50051, ge=1, le=65535)
+    weaviate_startup_timeout: float = Field(90.0, gt=0)
+    # Per-call deadline towards Weaviate, seconds.
+    weaviate_timeout: float = Field(10.0, gt=0, le=600)
+    # The Weaviate collection that holds every ticket; ticket-rag collections are its tenants.
+    weaviate_class: str = "Ticket"
+
+    embedding_model: str = DEFAULT_MODEL_ID
+    # Expected sha256 of model.safetensors for a local model; empty to skip the check.
+    embedding_sha256: str = DEFAULT_MODEL_SHA256
+    embedding_batch_size: int = Field(32, ge=1, le=1024)
+
+    default_collection: str = "default"
+
+    @field_validator("weaviate_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not re.match(r"^https?://[^/\s:]+(:\d+)?/?$", v):
+            raise ValueError("must look like http://host:8080 or https://host")
+        return v.rstrip("/")
+
+    @field_validator("weaviate_grpc_url")
+    @classmethod
+    def _check_grpc(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not re.match(r"^(grpcs?://)?[^/\s:]+:\d+$", v):
+            raise ValueError("must look like host:50051 (or grpcs://host:443)")
+        return v
+
+    @field_validator("weaviate_class")
+    @classmethod
+    def _check_class(cls, v: str) -> str:
+        if not re.match(r"^[A-Z][A-Za-z0-9_]{0,63}$", v):
+            raise ValueError("must be a Weaviate class name: a capital letter, then letters, digits or _")
+        return v
+
+    @field_validator("embedding_sha256")
+    @classmethod
+    def _check_sha(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v and not re.match(r"^[0-9a-f]{64}$", v):
+            raise ValueError("must be 64 hex digits, or empty to skip the check")
+        return v
+
+    @property
+    def embedded_weaviate(self) -> bool:
+        return self.weaviate_url is None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning a validation error into a ConfigError that names the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "_".join(str(p) for p in err["loc"] if isinstance(p, str)).upper() or "?"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

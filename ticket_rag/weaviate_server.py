@@ -1,0 +1,265 @@
+"""Weaviate: the embedded server (a child process on loopback) and the client to any Weaviate."""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlparse
+
+import weaviate
+from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+
+from ticket_rag.settings import ConfigError, Settings
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on host right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class EmbeddedWeaviate:
+    """A weaviate-server child process bound to loopback, its data kept in one folder.
+
+    The internal cluster ports (gossip, data, Raft) are chosen once and remembered in the data
+    folder, so a restart finds its single-node Raft cluster at the same address.
+    """
+
+    def __init__(
+        self,
+        *,
+        binary: Path,
+        data_dir: Path,
+        http_port: int,
+        grpc_port: int,
+        host: str = "127.0.0.1",
+        startup_timeout: float = 90.0,
+    ) -> None:
+        self.binary = binary
+        self.data_dir = data_dir.resolve()
+        self.host = host
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self._lock_fh: object | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    def _internal_ports(self) -> dict[str, int]:
+        path = self.data_dir / "ticket-rag-ports.json"
+        try:
+            ports: dict[str, int] = json.loads(path.read_text())
+            if not any(port_in_use(p, self.host) for p in ports.values()):
+                return ports
+        except (OSError, ValueError):
+            pass
+        ports = {name: free_port(self.host) for name in ("gossip", "data", "raft", "raft_rpc")}
+        path.write_text(json.dumps(ports))
+        return ports
+
+    def _lock_data_dir(self) -> None:
+        lock_path = self.data_dir / "ticket-rag.lock"
+        fh = lock_path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise ConfigError(
+                f"the Weaviate data folder {self.data_dir} is in use by another ticket-rag: "
+                "stop it, or set DATA_DIR to another folder"
+            ) from None
+        self._lock_fh = fh
+
+    def start(self) -> None:
+        """Start the server and wait until it answers ready."""
+        if not self.binary.is_file():
+            raise ConfigError(f"no weaviate-server at {self.binary}: run `make run` or `ticket-rag setup`")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
+        for name, port in (("WEAVIATE_HTTP_PORT", self.http_port), ("WEAVIATE_GRPC_PORT", self.grpc_port)):
+            if port_in_use(port, self.host):
+                raise ConfigError(
+                    f"port {port} on {self.host} is taken: set {name} to a free port, "
+                    "or WEAVIATE_URL to use the Weaviate that is already running"
+                )
+        ports = self._internal_ports()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PERSISTENCE_DATA_PATH": str(self.data_dir / "weaviate"),
+            "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
+            "DEFAULT_VECTORIZER_MODULE": "none",
+            "ENABLE_MODULES": "",
+            "API_BASED_MODULES_DISABLED": "true",
+            "DISABLE_TELEMETRY": "true",
+            "GO_PROFILING_DISABLE": "true",
+            "PROMETHEUS_MONITORING_ENABLED": "false",
+            "QUERY_DEFAULTS_LIMIT": "25",
+            "GRPC_PORT": str(self.grpc_port),
+            "CLUSTER_HOSTNAME": "node1",
+            "CLUSTER_BIND_ADDR": self.host,
+            "CLUSTER_ADVERTISE_ADDR": self.host,
+            "CLUSTER_GOSSIP_BIND_PORT": str(ports["gossip"]),
+            "CLUSTER_DATA_BIND_PORT": str(ports["data"]),
+            "RAFT_PORT": str(ports["raft"]),
+            "RAFT_INTERNAL_RPC_PORT": str(ports["raft_rpc"]),
+            "RAFT_ENABLE_ONE_NODE_RECOVERY": "true",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "warning",
+            "GOMAXPROCS": os.environ.get("GOMAXPROCS", str(os.cpu_count() or 2)),
+        }
+        log_path = self.data_dir / "weaviate.log"
+        log = log_path.open("ab")
+        logger.info("starting embedded Weaviate on %s (data in %s)", self.url, self.data_dir)
+        self.process = subprocess.Popen(
+            [str(self.binary), "--host", self.host, "--port", str(self.http_port), "--scheme", "http"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        try:
+            self._wait_ready(log_path)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, log_path: Path) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                raise ConfigError(f"the embedded Weaviate exited at start ({' | '.join(tail)}); log: {log_path}")
+            if is_ready(self.url):
+                return
+            time.sleep(0.2)
+        raise ConfigError(f"the embedded Weaviate was not ready within {self.startup_timeout:.0f} s; log: {log_path}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server gracefully (SIGTERM), killing it if it does not exit in time."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("Weaviate did not stop within %.0f s; killing it", timeout)
+                proc.kill()
+                proc.wait()
+        if self._lock_fh is not None:
+            self._lock_fh.close()  # type: ignore[attr-defined]
+            self._lock_fh = None
+
+    def __enter__(self) -> EmbeddedWeaviate:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def is_ready(url: str, timeout: float = 2.0) -> bool:
+    """Whether the Weaviate at url answers its readiness probe."""
+    try:
+        with urllib.request.urlopen(f"{url}/v1/.well-known/ready", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def connect(
+    *, url: str, grpc_url: str | None = None, api_key: str | None = None, timeout: float = 10.0
+) -> weaviate.WeaviateClient:
+    """A connected sync client for the Weaviate at url (gRPC on grpc_url, default same host :50051)."""
+    http = urlparse(url)
+    http_secure = http.scheme == "https"
+    http_port = http.port or (443 if http_secure else 80)
+    if grpc_url:
+        grpc_secure = grpc_url.startswith("grpcs://")
+        grpc = urlparse(grpc_url if "://" in grpc_url else f"grpc://{grpc_url}")
+        grpc_host, grpc_port = grpc.hostname or "", grpc.port or 50051
+    else:
+        grpc_secure, grpc_host, grpc_port = http_secure, http.hostname or "", 50051
+    client = weaviate.connect_to_custom(
+        http_host=http.hostname or "",
+        http_port=http_port,
+        http_secure=http_secure,
+        grpc_host=grpc_host,
+        grpc_port=grpc_port,
+        grpc_secure=grpc_secure,
+        auth_credentials=Auth.api_key(api_key) if api_key else None,
+        skip_init_checks=True,
+        additional_config=AdditionalConfig(
+            timeout=Timeout(init=min(timeout, 10), query=timeout, insert=max(timeout, 30)),
+        ),
+    )
+    return client
+
+
+def build_weaviate(settings: Settings) -> tuple[weaviate.WeaviateClient, EmbeddedWeaviate | None]:
+    """Start the embedded Weaviate if no WEAVIATE_URL is set, then connect to whichever serves."""
+    embedded = None
+    url = settings.weaviate_url
+    grpc_url = settings.weaviate_grpc_url
+    if url is None:
+        from ticket_rag.artifacts import ensure_weaviate_binary
+
+        binary = settings.weaviate_binary or ensure_weaviate_binary(settings.cache_dir, settings.weaviate_version)
+        embedded = EmbeddedWeaviate(
+            binary=binary,
+            data_dir=settings.data_dir,
+            http_port=settings.weaviate_http_port,
+            grpc_port=settings.weaviate_grpc_port,
+            startup_timeout=settings.weaviate_startup_timeout,
+        )
+        embedded.start()
+        url, grpc_url = embedded.url, f"127.0.0.1:{embedded.grpc_port}"
+    api_key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
+    try:
+        client = connect(url=url, grpc_url=grpc_url, api_key=api_key, timeout=settings.weaviate_timeout)
+        client.connect()
+    except Exception as exc:
+        if embedded is not None:
+            embedded.stop()
+        raise ConfigError(f"cannot connect to Weaviate at {url}: {type(exc).__name__}; check WEAVIATE_URL") from exc
+    return client, embedded
