@@ -61,6 +61,25 @@ class Settings(BaseSettings):
 
     default_collection: str = "default"
 
+    # Tickets and search
+    duplicate_threshold: float = Field(0.9, ge=0, le=1)
+    similar_on_create: int = Field(5, ge=0, le=50)
+    search_max_limit: int = Field(100, ge=1, le=1000)
+    page_max_size: int = Field(200, ge=1, le=10000)
+    bulk_max_batch: int = Field(500, ge=1, le=10000)
+    hybrid_alpha: float = Field(0.5, ge=0, le=1)
+
+    # The LLM. auto: Groq when GROQ_API_KEY is set, else the local model.
+    llm_provider: Literal["auto", "groq", "local", "none"] = "auto"
+    groq_api_key: SecretStr | None = None
+    groq_model: str = "llama-3.3-70b-versatile"
+    # Only for tests and proxies: where the Groq client sends requests.
+    groq_base_url: str | None = None
+    llm_temperature: float = Field(0.1, ge=0, le=2)
+    llm_timeout: float = Field(30.0, gt=0, le=600)
+    llm_max_retries: int = Field(2, ge=0, le=10)
+    llm_max_tokens: int = Field(512, ge=16, le=8192)
+
     @field_validator("weaviate_url")
     @classmethod
     def _check_url(cls, v: str | None) -> str | None:
