@@ -20,6 +20,8 @@ from ticket_rag.embeddings import build_embeddings
 from ticket_rag.errors import register_error_handlers
 from ticket_rag.observability import RequestContextMiddleware
 from ticket_rag.settings import Settings, load_settings
+from ticket_rag.tickets import router as tickets_router
+from ticket_rag.tickets.store import TicketStore
 from ticket_rag.weaviate_server import build_weaviate
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ def create_app(settings: Settings | None = None, *, embeddings: Embeddings | Non
             app.state.weaviate = client
             app.state.embedded_weaviate = embedded
             app.state.embeddings = embeddings or build_embeddings(settings)
+            app.state.store = TicketStore(
+                client=client, embeddings=app.state.embeddings, class_name=settings.weaviate_class
+            )
+            app.state.store.ensure_schema(default_collection=settings.default_collection)
             yield
         finally:
             client.close()
@@ -59,4 +65,6 @@ def create_app(settings: Settings | None = None, *, embeddings: Embeddings | Non
     app.add_middleware(RequestContextMiddleware)
     register_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(tickets_router.tickets)
+    app.include_router(tickets_router.collections)
     return app

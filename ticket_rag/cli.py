@@ -1,4 +1,4 @@
-"""The `ticket-rag` command: serve, setup (and later import, eval)."""
+"""The `ticket-rag` command: serve, setup, import."""
 
 from __future__ import annotations
 
@@ -60,6 +60,39 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from ticket_rag.importer import Importer, parse_mapping
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise ConfigError(f"no file at {path}")
+    try:
+        mapping = parse_mapping(args.preset, args.map or [])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    importer = Importer(
+        url=args.url or f"http://{settings.host}:{settings.port}",
+        collection=args.collection,
+        batch_size=args.batch_size,
+        api_key=args.api_key,
+        checkpoint_dir=settings.data_dir / "imports",
+    )
+    try:
+        report = importer.run(path, mapping, fmt=args.format, restart=args.restart)
+    except RuntimeError as exc:
+        print(f"ticket-rag: import stopped: {exc}; run the same command again to resume", file=sys.stderr)
+        return 1
+    for failure in report.failures:
+        print(f"failed {failure}", file=sys.stderr)
+    print(
+        f"{report.rows} rows: {report.created} created, {report.updated} updated, "
+        f"{len(report.failures)} failed, {report.skipped} already imported (resumed)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ticket-rag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
     setup = sub.add_parser("setup", help="build/fetch and verify the Weaviate binary and the model weights")
     setup.set_defaults(func=cmd_setup)
+    imp = sub.add_parser("import", help="import a CSV or JSONL export into a running service")
+    imp.add_argument("file")
+    imp.add_argument("--collection", default=None, help="target collection (default: the service's default)")
+    imp.add_argument("--preset", choices=["tobi_bueck", "suraj520"], default=None, help="a known dataset's mapping")
+    imp.add_argument("--map", action="append", metavar="FIELD=COLUMN", help="map a ticket field to a column; tags=a+b")
+    imp.add_argument("--format", choices=["csv", "jsonl"], default=None, help="default: from the file name")
+    imp.add_argument("--url", default=None, help="the service (default: http://HOST:PORT from the settings)")
+    imp.add_argument("--api-key", default=None)
+    imp.add_argument("--batch-size", type=int, default=64)
+    imp.add_argument("--restart", action="store_true", help="ignore the checkpoint of an earlier run")
+    imp.set_defaults(func=cmd_import)
     return parser
 
 

@@ -23,6 +23,9 @@ def build_embeddings(settings: Settings) -> HuggingFaceEmbeddings:
     if local:
         # A local folder must never fall back to a model hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         embeddings = HuggingFaceEmbeddings(
             model_name=model,

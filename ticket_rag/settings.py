@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     default_collection: str = "default"
 
     # Tickets and search
-    duplicate_threshold: float = Field(0.9, ge=0, le=1)
+    duplicate_threshold: float = Field(0.85, ge=0, le=1)
     similar_on_create: int = Field(5, ge=0, le=50)
     search_max_limit: int = Field(100, ge=1, le=1000)
     page_max_size: int = Field(200, ge=1, le=10000)

@@ -1,0 +1,71 @@
+"""Collections (isolation) and bulk import, against the real Weaviate."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from ticket_rag.settings import Settings
+
+TICKET = {"title": "Cannot log in", "description": "The password reset link has expired."}
+
+
+def test_collection_lifecycle(client: TestClient) -> None:
+    assert client.post("/collections", json={"name": "acme"}).status_code == 201
+    duplicate = client.post("/collections", json={"name": "acme"})
+    assert duplicate.status_code == 409 and "acme" in duplicate.json()["detail"]
+    assert {c["name"] for c in client.get("/collections").json()["data"]} == {"default", "acme"}
+    client.post("/tickets/", json={**TICKET, "collection": "acme"})
+    assert client.get("/collections/acme").json() == {"name": "acme", "ticket_count": 1}
+    assert client.delete("/collections/acme").status_code == 204
+    assert client.get("/collections/acme").status_code == 404
+    assert client.delete("/collections/acme").status_code == 404
+    assert client.post("/tickets/", json={**TICKET, "collection": "acme"}).status_code == 404
+    assert client.post("/collections", json={"name": "bad name!"}).status_code == 422
+
+
+def test_collections_are_isolated(client: TestClient) -> None:
+    client.post("/collections", json={"name": "alpha"})
+    client.post("/collections", json={"name": "beta"})
+    in_alpha = client.post("/tickets/", json={**TICKET, "collection": "alpha"}).json()
+    assert in_alpha["collection"] == "alpha"
+    beta_hits = client.post("/tickets/search", json={"query": "password reset", "collection": "beta"}).json()
+    assert beta_hits["results"] == []
+    assert client.get(f"/tickets/{in_alpha['id']}", params={"collection": "beta"}).status_code == 404
+    assert client.get(f"/tickets/{in_alpha['id']}").status_code == 404  # not in the default collection either
+    assert client.get(f"/tickets/{in_alpha['id']}", params={"collection": "alpha"}).status_code == 200
+    created_in_beta = client.post("/tickets/", json={**TICKET, "collection": "beta"}).json()
+    assert created_in_beta["similar"] == []  # similar tickets come from the same collection only
+
+
+def test_bulk_stores_all_in_one_call_and_is_idempotent(client: TestClient) -> None:
+    tickets = [{"title": f"Ticket {i}", "description": f"Problem number {i}", "external_id": f"X-{i}"} for i in range(30)]
+    first = client.post("/tickets/bulk", json={"tickets": tickets})
+    assert first.status_code == 200
+    assert (first.json()["created"], first.json()["updated"]) == (30, 0)
+    assert [item["index"] for item in first.json()["items"]] == list(range(30))
+    again = client.post("/tickets/bulk", json={"tickets": tickets})
+    assert (again.json()["created"], again.json()["updated"]) == (0, 30)
+    assert [i["id"] for i in again.json()["items"]] == [i["id"] for i in first.json()["items"]]
+    assert client.get("/tickets/").json()["count"] == 30
+
+
+def test_bulk_is_capped_and_validated_as_a_whole(client: TestClient, settings: Settings) -> None:
+    too_many = [TICKET] * (settings.bulk_max_batch + 1)
+    response = client.post("/tickets/bulk", json={"tickets": too_many})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "tickets"]
+    bad = client.post("/tickets/bulk", json={"tickets": [TICKET, {"title": "no description"}]})
+    assert bad.status_code == 422
+    assert ["body", "tickets", 1, "description"] == bad.json()["detail"][0]["loc"]
+    assert client.get("/tickets/").json()["count"] == 0  # nothing half-written
+    assert client.post("/tickets/bulk", json={"tickets": []}).status_code == 422
+
+
+def test_bulk_into_several_collections(client: TestClient) -> None:
+    client.post("/collections", json={"name": "one"})
+    response = client.post(
+        "/tickets/bulk",
+        json={"collection": "one", "tickets": [TICKET, {**TICKET, "title": "Elsewhere", "collection": "default"}]},
+    )
+    assert response.status_code == 200
+    assert client.get("/collections/one").json()["ticket_count"] == 1
+    assert client.get("/collections/default").json()["ticket_count"] == 1

@@ -1,0 +1,220 @@
+"""REST routes for tickets, collections and search. Plain `def` routes: the store's work runs in the thread pool."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+
+from ticket_rag.settings import Settings
+from ticket_rag.tickets.schemas import (
+    COLLECTION_PATTERN,
+    BulkItem,
+    BulkRequest,
+    BulkResult,
+    CollectionCreate,
+    CollectionPublic,
+    CollectionsPublic,
+    Priority,
+    SearchFilters,
+    SearchRequest,
+    SearchResults,
+    Status,
+    TicketCreate,
+    TicketCreated,
+    TicketPublic,
+    TicketsPublic,
+    TicketUpdate,
+)
+from ticket_rag.tickets.store import TicketStore, embedded_text
+
+
+def _store(request: Request) -> TicketStore:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+StoreDep = Annotated[TicketStore, Depends(_store)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+CollectionQuery = Annotated[str | None, Query(pattern=COLLECTION_PATTERN, description="Defaults to the default collection.")]
+
+tickets = APIRouter(prefix="/tickets", tags=["tickets"])
+collections = APIRouter(prefix="/collections", tags=["collections"])
+
+
+def _cap(where: str, field: str, value: int, cap: int) -> None:
+    """Reject a count above its configured cap with the same 422 shape as schema validation."""
+    if value > cap:
+        raise RequestValidationError(
+            [{"type": "less_than_equal", "loc": (where, field), "msg": f"Input should be less than or equal to {cap}",
+              "input": value, "ctx": {"le": cap}}]  # fmt: skip
+        )
+
+
+def _filters(
+    priority: Annotated[list[Priority] | None, Query()] = None,
+    status_: Annotated[list[Status] | None, Query(alias="status")] = None,
+    category: Annotated[list[str] | None, Query(max_length=100)] = None,
+    tags: Annotated[list[str] | None, Query(max_length=50)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> SearchFilters:
+    return SearchFilters(
+        priority=priority, status=status_, category=category, tags=tags,
+        created_after=created_after, created_before=created_before,
+    )  # fmt: skip
+
+
+FiltersDep = Annotated[SearchFilters, Depends(_filters)]
+
+
+# --- collections ------------------------------------------------------------------------------------
+
+
+@collections.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionPublic)
+def create_collection(body: CollectionCreate, store: StoreDep) -> CollectionPublic:
+    """Create a collection: an isolated set of tickets (one help desk, product or customer)."""
+    store.create_collection(name=body.name)
+    return CollectionPublic(name=body.name, ticket_count=0)
+
+
+@collections.get("", response_model=CollectionsPublic)
+def list_collections(store: StoreDep) -> CollectionsPublic:
+    """Every collection, by name."""
+    return CollectionsPublic(data=[CollectionPublic(name=name) for name in store.list_collections()])
+
+
+@collections.get("/{name}", response_model=CollectionPublic)
+def get_collection(name: Annotated[str, Path(pattern=COLLECTION_PATTERN)], store: StoreDep) -> CollectionPublic:
+    """One collection with its ticket count."""
+    return CollectionPublic(name=name, ticket_count=store.count(collection=name))
+
+
+@collections.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_collection(name: Annotated[str, Path(pattern=COLLECTION_PATTERN)], store: StoreDep) -> Response:
+    """Delete a collection and all of its tickets."""
+    store.delete_collection(name=name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- tickets ------------------------------------------------------------------------------------
+
+
+@tickets.post(
+    "/",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TicketCreated,
+    responses={200: {"description": "An existing ticket with the same external_id was updated."}},
+)
+def create_ticket(body: TicketCreate, store: StoreDep, settings: SettingsDep, response: Response) -> TicketCreated:
+    """Store a ticket with its embedding; return it with the most similar tickets and possible duplicates."""
+    collection = body.collection or settings.default_collection
+    vector = store.embed([embedded_text(body.title, body.description)])[0]
+    similar = (
+        store.search_by_vector(query_vector=vector, collection=collection, limit=settings.similar_on_create)
+        if settings.similar_on_create
+        else []
+    )
+    stored = store.upsert(ticket=body, collection=collection, vector=vector)
+    similar = [hit for hit in similar if hit.ticket.id != stored.ticket.id]
+    if not stored.created:
+        response.status_code = status.HTTP_200_OK
+    return TicketCreated(
+        **stored.ticket.model_dump(),
+        created=stored.created,
+        similar=similar,
+        possible_duplicates=[hit for hit in similar if hit.similarity >= settings.duplicate_threshold],
+    )
+
+
+@tickets.post("/bulk", response_model=BulkResult)
+def bulk_create(body: BulkRequest, store: StoreDep, settings: SettingsDep) -> BulkResult:
+    """Store up to BULK_MAX_BATCH tickets in one embedding pass and one Weaviate batch; idempotent by external_id."""
+    _cap("body", "tickets", len(body.tickets), settings.bulk_max_batch)
+    by_collection: dict[str, list[int]] = {}
+    for index, ticket in enumerate(body.tickets):
+        name = ticket.collection or body.collection or settings.default_collection
+        by_collection.setdefault(name, []).append(index)
+    items: list[BulkItem] = []
+    for name, indexes in by_collection.items():
+        stored = store.upsert_many(tickets=[body.tickets[i] for i in indexes], collection=name)
+        items += [BulkItem(index=i, id=s.ticket.id, created=s.created) for i, s in zip(indexes, stored, strict=True)]
+    items.sort(key=lambda item: item.index)
+    created = sum(1 for item in items if item.created)
+    return BulkResult(created=created, updated=len(items) - created, failed=0, items=items)
+
+
+@tickets.get("/", response_model=TicketsPublic)
+def list_tickets(
+    store: StoreDep,
+    settings: SettingsDep,
+    filters: FiltersDep,
+    collection: CollectionQuery = None,
+    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    limit: Annotated[int, Query(ge=1)] = 50,
+) -> TicketsPublic:
+    """A page of tickets, newest first, filtered by priority, status, category, tags and creation time."""
+    _cap("query", "limit", limit, settings.page_max_size)
+    page = store.list(
+        collection=collection or settings.default_collection, filters=filters, offset=offset, limit=limit
+    )
+    return TicketsPublic(data=page.tickets, count=page.count, offset=offset, limit=limit)
+
+
+@tickets.post("/search", response_model=SearchResults)
+def search_tickets(body: SearchRequest, store: StoreDep, settings: SettingsDep) -> SearchResults:
+    """Rank tickets by a query: vector (cosine similarity), keyword (BM25) or hybrid (fused score)."""
+    _cap("body", "limit", body.limit, settings.search_max_limit)
+    collection = body.collection or settings.default_collection
+    alpha = (body.alpha if body.alpha is not None else settings.hybrid_alpha) if body.mode == "hybrid" else None
+    hits = store.search(
+        query=body.query, collection=collection, mode=body.mode, limit=body.limit, filters=body.filters,
+        alpha=alpha if alpha is not None else settings.hybrid_alpha,
+    )  # fmt: skip
+    return SearchResults(query=body.query, mode=body.mode, collection=collection, alpha=alpha, results=hits)
+
+
+@tickets.get("/{ticket_id}", response_model=TicketPublic)
+def get_ticket(ticket_id: uuid.UUID, store: StoreDep, settings: SettingsDep, collection: CollectionQuery = None) -> Any:
+    """One ticket."""
+    return store.get(ticket_id=ticket_id, collection=collection or settings.default_collection)
+
+
+@tickets.get("/{ticket_id}/similar", response_model=SearchResults)
+def similar_tickets(
+    ticket_id: uuid.UUID,
+    store: StoreDep,
+    settings: SettingsDep,
+    filters: FiltersDep,
+    collection: CollectionQuery = None,
+    limit: Annotated[int, Query(ge=1)] = 5,
+) -> SearchResults:
+    """Tickets most similar to this one (cosine similarity of their vectors), itself excluded."""
+    _cap("query", "limit", limit, settings.search_max_limit)
+    name = collection or settings.default_collection
+    vector = store.get_vector(ticket_id=ticket_id, collection=name)
+    hits = store.search_by_vector(query_vector=vector, collection=name, limit=limit, filters=filters, exclude=ticket_id)
+    return SearchResults(query=str(ticket_id), mode="vector", collection=name, results=hits)
+
+
+@tickets.patch("/{ticket_id}", response_model=TicketPublic)
+def update_ticket(
+    ticket_id: uuid.UUID, body: TicketUpdate, store: StoreDep, settings: SettingsDep, collection: CollectionQuery = None
+) -> TicketPublic:
+    """Change some fields; the ticket is re-embedded only when its title or description changes."""
+    ticket, _ = store.update(ticket_id=ticket_id, collection=collection or settings.default_collection, changes=body)
+    return ticket
+
+
+@tickets.delete("/{ticket_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_ticket(ticket_id: uuid.UUID, store: StoreDep, settings: SettingsDep, collection: CollectionQuery = None) -> Response:
+    """Delete a ticket: gone from every search, similar list and answer at once."""
+    store.delete(ticket_id=ticket_id, collection=collection or settings.default_collection)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+

@@ -1,0 +1,177 @@
+"""Ticket, collection and search schemas: Create / Update / Public families."""
+
+from __future__ import annotations
+
+import unicodedata
+import uuid
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+def _clean_text(value: str) -> str:
+    """Strip outer whitespace; refuse text that cannot be stored faithfully (NUL, lone surrogates)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value.strip()
+
+
+def _not_blank(value: str) -> str:
+    if not value or all(unicodedata.category(c) in ("Zs", "Cf", "Cc") for c in value):
+        raise ValueError("must not be empty or whitespace")
+    return value
+
+
+Title = Annotated[str, StringConstraints(max_length=300), AfterValidator(_clean_text), AfterValidator(_not_blank)]
+LongText = Annotated[str, StringConstraints(max_length=20_000), AfterValidator(_clean_text)]
+Description = Annotated[LongText, AfterValidator(_not_blank)]
+ShortText = Annotated[str, StringConstraints(max_length=100), AfterValidator(_clean_text)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_clean_text), AfterValidator(_not_blank)]
+ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_clean_text), AfterValidator(_not_blank)]
+CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
+
+
+class Priority(str, Enum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+    urgent = "urgent"
+
+
+class Status(str, Enum):
+    open = "open"
+    in_progress = "in_progress"
+    resolved = "resolved"
+    closed = "closed"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TicketBase(_Strict):
+    title: Title = Field(examples=["Cannot log in after password reset"])
+    description: Description = Field(
+        examples=["Since this morning the login page says 'invalid credentials' although I reset my password."]
+    )
+    priority: Priority = Priority.medium
+    status: Status = Status.open
+    category: ShortText | None = Field(None, examples=["Account"])
+    tags: list[Tag] = Field(default_factory=list, max_length=20, examples=[["login", "password"]])
+    resolution: LongText | None = Field(None, examples=["Cleared the stale session cookie; login works again."])
+
+
+class TicketCreate(TicketBase):
+    external_id: ExternalId | None = Field(None, description="The ticket's id in the help desk it came from.")
+    collection: CollectionName | None = Field(None, description="Defaults to the service's default collection.")
+    created_at: datetime | None = Field(None, description="When the ticket was opened; defaults to now.")
+
+
+class TicketUpdate(_Strict):
+    title: Title | None = None
+    description: Description | None = None
+    priority: Priority | None = None
+    status: Status | None = None
+    category: ShortText | None = None
+    tags: list[Tag] | None = Field(None, max_length=20)
+    resolution: LongText | None = None
+
+
+class TicketPublic(TicketBase):
+    id: uuid.UUID
+    collection: str
+    external_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SearchHit(BaseModel):
+    ticket: TicketPublic
+    score: float = Field(description="The ranking score of the mode: cosine similarity, BM25, or the fused score.")
+    similarity: float = Field(description="Cosine similarity of the query (or ticket) and this ticket, in every mode.")
+    keyword_score: float | None = Field(None, description="BM25 score of this ticket (keyword and hybrid modes).")
+    explain: str | None = Field(None, description="Hybrid mode: how the vector and keyword parts contributed.")
+
+
+class TicketCreated(TicketPublic):
+    created: bool = Field(description="False when an existing ticket with the same external_id was updated.")
+    similar: list[SearchHit]
+    possible_duplicates: list[SearchHit]
+
+
+class TicketsPublic(BaseModel):
+    data: list[TicketPublic]
+    count: int = Field(description="Tickets matching the filters, over all pages.")
+    offset: int
+    limit: int
+
+
+class SearchFilters(_Strict):
+    priority: list[Priority] | None = None
+    status: list[Status] | None = None
+    category: list[ShortText] | None = Field(None, max_length=50)
+    tags: list[Tag] | None = Field(None, max_length=50, description="Tickets with any of these tags.")
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+SearchMode = Literal["vector", "keyword", "hybrid"]
+
+
+class SearchRequest(_Strict):
+    query: Annotated[str, StringConstraints(max_length=2000), AfterValidator(_clean_text), AfterValidator(_not_blank)] = (
+        Field(examples=["login issues"])
+    )
+    limit: int = Field(5, ge=1, description="Results to return; capped by SEARCH_MAX_LIMIT.")
+    collection: CollectionName | None = None
+    mode: SearchMode = "vector"
+    alpha: float | None = Field(None, ge=0, le=1, description="Hybrid only: 1 is pure vector, 0 pure keyword.")
+    filters: SearchFilters = Field(default_factory=SearchFilters)
+
+
+class SearchResults(BaseModel):
+    query: str
+    mode: SearchMode
+    collection: str
+    alpha: float | None = None
+    results: list[SearchHit]
+
+
+class BulkRequest(_Strict):
+    tickets: list[TicketCreate] = Field(min_length=1)
+    collection: CollectionName | None = Field(None, description="For tickets that name none.")
+
+
+class BulkItem(BaseModel):
+    index: int
+    id: uuid.UUID | None = None
+    created: bool | None = None
+    error: str | None = None
+
+
+class BulkResult(BaseModel):
+    created: int
+    updated: int
+    failed: int
+    items: list[BulkItem]
+
+
+class CollectionCreate(_Strict):
+    name: CollectionName = Field(examples=["acme-helpdesk"])
+
+
+class CollectionPublic(BaseModel):
+    name: str
+    ticket_count: int | None = None
+
+
+class CollectionsPublic(BaseModel):
+    data: list[CollectionPublic]

@@ -1,0 +1,421 @@
+"""The Weaviate-backed ticket store.
+
+All tickets live in one Weaviate collection (settings.weaviate_class) with multi-tenancy on: each
+ticket-rag collection is a Weaviate tenant. A tenant is its own shard (own vector index, own BM25
+statistics, dropped in one call), so one help desk's tickets never leak into another's results,
+and thousands of help desks cost thousands of shards, not thousands of schemas. See docs/collections.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import weaviate
+from langchain_core.embeddings import Embeddings
+from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
+from weaviate.classes.query import Filter, HybridFusion, MetadataQuery, Sort
+from weaviate.classes.tenants import Tenant
+from weaviate.collections import Collection
+from weaviate.exceptions import (
+    UnexpectedStatusCodeError,
+    WeaviateBaseError,
+    WeaviateClosedClientError,
+    WeaviateConnectionError,
+    WeaviateQueryError,
+    WeaviateTimeoutError,
+)
+
+from ticket_rag.errors import CollectionExists, CollectionNotFound, InvalidRequest, StoreUnavailable, TicketNotFound
+from ticket_rag.tickets.schemas import (
+    SearchFilters,
+    SearchHit,
+    SearchMode,
+    TicketCreate,
+    TicketPublic,
+    TicketUpdate,
+)
+
+logger = logging.getLogger(__name__)
+
+# external ids map to the same UUID in every deployment: uuid5(namespace, collection NUL external_id)
+TICKET_NAMESPACE = uuid.UUID("5f0b7c1e-3f0e-4d5a-9a57-7e1c2b9d8a10")
+EMBEDDED_FIELDS = ("title", "description")
+_TEXT_FIELDS = ("title", "description", "priority", "status", "category", "tags", "resolution", "external_id")
+
+
+def ticket_uuid(collection: str, external_id: str | None) -> uuid.UUID:
+    """The ticket's id: deterministic for an external id (so re-imports update), random otherwise."""
+    if external_id is None:
+        return uuid.uuid4()
+    return uuid.uuid5(TICKET_NAMESPACE, f"{collection}\x00{external_id}")
+
+
+def embedded_text(title: str, description: str) -> str:
+    """The text a ticket's vector is computed from."""
+    return f"{title} {description}"
+
+
+@dataclass(frozen=True)
+class Page:
+    tickets: list[TicketPublic]
+    count: int
+
+
+@dataclass(frozen=True)
+class Upserted:
+    ticket: TicketPublic
+    created: bool
+
+
+_KEYWORD_PART = re.compile(r"Result Set keyword,bm25\)[^:]*: original score ([-0-9.eE+]+)")
+
+
+def _hybrid_keyword_score(explain: str | None) -> float | None:
+    """The BM25 part of a hybrid hit, read from Weaviate's score explanation (None when it matched no keyword)."""
+    match = _KEYWORD_PART.search(explain or "")
+    return float(match.group(1)) if match else None
+
+
+def _is_missing_tenant(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "tenant" in text and ("not found" in text or "does not exist" in text or "not exist" in text)
+
+
+class TicketStore:
+    """Tickets and collections in Weaviate, with their vectors from the embedding model."""
+
+    def __init__(
+        self,
+        *,
+        client: weaviate.WeaviateClient,
+        embeddings: Embeddings,
+        class_name: str,
+    ) -> None:
+        self.client = client
+        self.embeddings = embeddings
+        self.class_name = class_name
+
+    # --- schema and collections ------------------------------------------------------------------
+
+    def ensure_schema(self, *, default_collection: str) -> None:
+        """Create the Weaviate collection (and the default tenant) if they do not exist yet."""
+        with self._errors():
+            if not self.client.collections.exists(self.class_name):
+                self.client.collections.create(
+                    self.class_name,
+                    description="ticket-rag support tickets; one tenant per ticket-rag collection",
+                    vector_config=Configure.Vectors.self_provided(
+                        vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE),
+                    ),
+                    multi_tenancy_config=Configure.multi_tenancy(
+                        enabled=True, auto_tenant_creation=False, auto_tenant_activation=True
+                    ),
+                    inverted_index_config=Configure.inverted_index(index_null_state=True),
+                    properties=[
+                        Property(name="title", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+                        Property(name="description", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+                        Property(name="resolution", data_type=DataType.TEXT, index_searchable=False),
+                        Property(name="priority", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+                        Property(name="status", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+                        Property(name="category", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+                        Property(name="tags", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD, index_searchable=False),
+                        Property(name="external_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+                        Property(name="created_at", data_type=DataType.DATE, index_range_filters=True),
+                        Property(name="updated_at", data_type=DataType.DATE),
+                    ],
+                )  # fmt: skip
+                logger.info("created Weaviate collection %s", self.class_name)
+            if not self._collection.tenants.exists(default_collection):
+                self._collection.tenants.create([Tenant(name=default_collection)])
+
+    @property
+    def _collection(self) -> Collection[Any, Any]:
+        return self.client.collections.use(self.class_name)
+
+    def _tenant(self, collection: str) -> Collection[Any, Any]:
+        return self._collection.with_tenant(collection)
+
+    def create_collection(self, *, name: str) -> None:
+        """Create an empty collection; CollectionExists if the name is taken."""
+        with self._errors():
+            if self._collection.tenants.exists(name):
+                raise CollectionExists(f"collection '{name}' already exists")
+            self._collection.tenants.create([Tenant(name=name)])
+
+    def list_collections(self) -> list[str]:
+        with self._errors():
+            return sorted(self._collection.tenants.get())
+
+    def collection_exists(self, *, name: str) -> bool:
+        with self._errors():
+            return bool(self._collection.tenants.exists(name))
+
+    def count(self, *, collection: str, filters: SearchFilters | None = None) -> int:
+        """Tickets in a collection that match the filters."""
+        with self._errors(collection):
+            result = self._tenant(collection).aggregate.over_all(
+                total_count=True, filters=self._filters(filters) if filters else None
+            )
+        return int(result.total_count or 0)
+
+    def delete_collection(self, *, name: str) -> None:
+        """Drop a collection and every ticket in it."""
+        with self._errors():
+            if not self._collection.tenants.exists(name):
+                raise CollectionNotFound(f"collection '{name}' does not exist")
+            self._collection.tenants.remove([name])
+
+    # --- tickets -------------------------------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Vectors for ticket texts, in one batched forward pass."""
+        return self.embeddings.embed_documents(list(texts))
+
+    def upsert(self, *, ticket: TicketCreate, collection: str, vector: list[float] | None = None) -> Upserted:
+        """Store one ticket (insert, or replace the ticket with the same external_id)."""
+        return self.upsert_many(tickets=[ticket], collection=collection, vectors=[vector] if vector else None)[0]
+
+    def upsert_many(
+        self,
+        *,
+        tickets: Sequence[TicketCreate],
+        collection: str,
+        vectors: Sequence[list[float]] | None = None,
+    ) -> list[Upserted]:
+        """Store tickets with one embedding pass and one gRPC batch; all or nothing per call."""
+        if vectors is None:
+            vectors = self.embed([embedded_text(t.title, t.description) for t in tickets])
+        now = datetime.now(UTC)
+        ids = [ticket_uuid(collection, t.external_id) for t in tickets]
+        existing = self._created_at_of([i for i, t in zip(ids, tickets, strict=True) if t.external_id], collection)
+        objects, results = [], []
+        for ticket_id, ticket, vector in zip(ids, tickets, vectors, strict=True):
+            created_at = ticket.created_at or existing.get(ticket_id) or now
+            props = _properties(ticket.model_dump(exclude={"collection", "created_at"}))
+            props.update(created_at=_aware(created_at), updated_at=now)
+            objects.append(weaviate.classes.data.DataObject(properties=props, uuid=ticket_id, vector=vector))
+            public = _public(ticket_id, collection, props)
+            results.append(Upserted(ticket=public, created=ticket_id not in existing))
+        with self._errors(collection):
+            outcome = self._tenant(collection).data.insert_many(objects)
+        if outcome.has_errors:
+            first = next(iter(outcome.errors.values()))
+            raise StoreUnavailable(f"Weaviate refused {len(outcome.errors)} of {len(objects)} tickets: {first.message}")
+        return results
+
+    def _created_at_of(self, ids: list[uuid.UUID], collection: str) -> dict[uuid.UUID, datetime]:
+        if not ids:
+            return {}
+        with self._errors(collection):
+            found = self._tenant(collection).query.fetch_objects(
+                filters=Filter.by_id().contains_any(ids), limit=len(ids), return_properties=["created_at"]
+            )
+        return {o.uuid: o.properties["created_at"] for o in found.objects}
+
+    def get(self, *, ticket_id: uuid.UUID, collection: str, include_vector: bool = False) -> TicketPublic:
+        """One ticket; TicketNotFound if it is not in this collection."""
+        obj = self._get_object(ticket_id, collection, include_vector=include_vector)
+        return _public(obj.uuid, collection, obj.properties)
+
+    def get_vector(self, *, ticket_id: uuid.UUID, collection: str) -> list[float]:
+        obj = self._get_object(ticket_id, collection, include_vector=True)
+        return list(obj.vector["default"])
+
+    def _get_object(self, ticket_id: uuid.UUID, collection: str, *, include_vector: bool) -> Any:
+        with self._errors(collection):
+            obj = self._tenant(collection).query.fetch_object_by_id(ticket_id, include_vector=include_vector)
+        if obj is None:
+            raise TicketNotFound(f"ticket {ticket_id} not found in collection '{collection}'")
+        return obj
+
+    def update(self, *, ticket_id: uuid.UUID, collection: str, changes: TicketUpdate) -> tuple[TicketPublic, bool]:
+        """Apply a partial update; re-embed only when the embedded text changes. Returns (ticket, re-embedded)."""
+        current = self.get(ticket_id=ticket_id, collection=collection)
+        patch = changes.model_dump(exclude_unset=True)
+        merged = current.model_copy(update=patch)
+        vector = None
+        if embedded_text(merged.title, merged.description) != embedded_text(current.title, current.description):
+            vector = self.embed([embedded_text(merged.title, merged.description)])[0]
+        now = datetime.now(UTC)
+        props = _properties(patch)
+        props["updated_at"] = now
+        with self._errors(collection):
+            self._tenant(collection).data.update(uuid=ticket_id, properties=props, vector=vector)
+        return merged.model_copy(update={"updated_at": now}), vector is not None
+
+    def delete(self, *, ticket_id: uuid.UUID, collection: str) -> None:
+        """Delete a ticket; it is gone from every search at once."""
+        with self._errors(collection):
+            result = self._tenant(collection).data.delete_many(where=Filter.by_id().equal(ticket_id))
+        if not result.successful:
+            raise TicketNotFound(f"ticket {ticket_id} not found in collection '{collection}'")
+
+    def list(self, *, collection: str, filters: SearchFilters, offset: int, limit: int) -> Page:
+        """A page of tickets, newest first, and how many match in all."""
+        with self._errors(collection):
+            result = self._tenant(collection).query.fetch_objects(
+                filters=self._filters(filters),
+                offset=offset,
+                limit=limit,
+                sort=Sort.by_property("created_at", ascending=False),
+            )
+        tickets = [_public(o.uuid, collection, o.properties) for o in result.objects]
+        return Page(tickets=tickets, count=self.count(collection=collection, filters=filters))
+
+    # --- search ------------------------------------------------------------------------------------
+
+    def search(
+        self,
+        *,
+        query: str,
+        collection: str,
+        mode: SearchMode,
+        limit: int,
+        filters: SearchFilters | None = None,
+        alpha: float = 0.5,
+        query_vector: list[float] | None = None,
+    ) -> list[SearchHit]:
+        """Ranked tickets for a query. Every hit carries its cosine similarity to the query."""
+        if query_vector is None:
+            query_vector = self.embeddings.embed_query(query)
+        return self.search_by_vector(
+            query_vector=query_vector, query=query, collection=collection, mode=mode, limit=limit,
+            filters=filters, alpha=alpha,
+        )  # fmt: skip
+
+    def search_by_vector(
+        self,
+        *,
+        query_vector: list[float],
+        collection: str,
+        limit: int,
+        mode: SearchMode = "vector",
+        query: str = "",
+        filters: SearchFilters | None = None,
+        alpha: float = 0.5,
+        exclude: uuid.UUID | None = None,
+    ) -> list[SearchHit]:
+        """The search itself, for callers that already hold the query vector."""
+        where = self._filters(filters, exclude=exclude)
+        tenant = self._tenant(collection)
+        with self._errors(collection):
+            if mode == "vector":
+                result = tenant.query.near_vector(
+                    near_vector=query_vector, limit=limit, filters=where, return_metadata=MetadataQuery(distance=True)
+                )
+            elif mode == "keyword":
+                result = tenant.query.bm25(
+                    query=query, query_properties=["title^2", "description"], limit=limit, filters=where,
+                    include_vector=True, return_metadata=MetadataQuery(score=True),
+                )  # fmt: skip
+            else:
+                result = tenant.query.hybrid(
+                    query=query, vector=query_vector, alpha=alpha, fusion_type=HybridFusion.RELATIVE_SCORE,
+                    query_properties=["title^2", "description"], limit=limit, filters=where, include_vector=True,
+                    return_metadata=MetadataQuery(score=True, explain_score=True),
+                )  # fmt: skip
+        qv = np.asarray(query_vector, dtype=np.float32)
+        hits = []
+        for obj in result.objects:
+            ticket = _public(obj.uuid, collection, obj.properties)
+            if mode == "vector":
+                similarity = 1.0 - float(obj.metadata.distance)
+                score = similarity
+            else:
+                similarity = float(np.dot(qv, np.asarray(obj.vector["default"], dtype=np.float32)))
+                score = float(obj.metadata.score)
+            explain = (obj.metadata.explain_score or "").strip() or None if mode == "hybrid" else None
+            keyword = score if mode == "keyword" else _hybrid_keyword_score(explain)
+            hits.append(
+                SearchHit(
+                    ticket=ticket,
+                    score=round(score, 6),
+                    similarity=round(similarity, 6),
+                    keyword_score=round(keyword, 6) if keyword is not None else None,
+                    explain=explain,
+                )
+            )
+        return hits
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _filters(filters: SearchFilters | None, *, exclude: uuid.UUID | None = None) -> Any:
+        parts = []
+        if filters is not None:
+            if filters.priority:
+                parts.append(Filter.by_property("priority").contains_any([p.value for p in filters.priority]))
+            if filters.status:
+                parts.append(Filter.by_property("status").contains_any([s.value for s in filters.status]))
+            if filters.category:
+                parts.append(Filter.by_property("category").contains_any(list(filters.category)))
+            if filters.tags:
+                parts.append(Filter.by_property("tags").contains_any(list(filters.tags)))
+            if filters.created_after:
+                parts.append(Filter.by_property("created_at").greater_or_equal(_aware(filters.created_after)))
+            if filters.created_before:
+                parts.append(Filter.by_property("created_at").less_than(_aware(filters.created_before)))
+        if exclude is not None:
+            parts.append(Filter.by_id().not_equal(exclude))
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else Filter.all_of(parts)
+
+    @contextmanager
+    def _errors(self, collection: str | None = None) -> Iterator[None]:
+        """Turn Weaviate's exceptions into the store's domain errors."""
+        try:
+            yield
+        except (WeaviateConnectionError, WeaviateTimeoutError, WeaviateClosedClientError) as exc:
+            raise StoreUnavailable("the vector database is unavailable; try again shortly") from exc
+        except (WeaviateQueryError, UnexpectedStatusCodeError) as exc:
+            if collection is not None and _is_missing_tenant(exc):
+                raise CollectionNotFound(f"collection '{collection}' does not exist") from exc
+            status = getattr(exc, "status_code", None)
+            if status is not None and 400 <= status < 500 and status != 429:
+                logger.warning("Weaviate rejected a request: %s", exc)
+                raise InvalidRequest("the request could not be executed against the vector database") from exc
+            raise StoreUnavailable("the vector database failed to answer; try again shortly") from exc
+        except WeaviateBaseError as exc:
+            if collection is not None and _is_missing_tenant(exc):
+                raise CollectionNotFound(f"collection '{collection}' does not exist") from exc
+            raise StoreUnavailable("the vector database failed to answer; try again shortly") from exc
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _properties(fields: dict[str, Any]) -> dict[str, Any]:
+    """Ticket fields as Weaviate properties (enums as their values)."""
+    props = {}
+    for key, value in fields.items():
+        if key not in _TEXT_FIELDS:
+            continue
+        props[key] = value.value if hasattr(value, "value") else value
+    return props
+
+
+def _public(ticket_id: uuid.UUID, collection: str, props: dict[str, Any]) -> TicketPublic:
+    return TicketPublic(
+        id=ticket_id,
+        collection=collection,
+        title=props["title"],
+        description=props["description"],
+        priority=props.get("priority") or "medium",
+        status=props.get("status") or "open",
+        category=props.get("category"),
+        tags=props.get("tags") or [],
+        resolution=props.get("resolution"),
+        external_id=props.get("external_id"),
+        created_at=props["created_at"],
+        updated_at=props["updated_at"],
+    )
