@@ -81,3 +81,39 @@ def _drop_class(settings: Settings) -> None:
     assert settings.weaviate_url is not None
     with connect(url=settings.weaviate_url, grpc_url=settings.weaviate_grpc_url) as wv:
         wv.collections.delete(settings.weaviate_class)
+
+
+class LiveServer:
+    """The app served by a real uvicorn on a loopback port, in a thread of the test process."""
+
+    def __init__(self, app: object) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None))  # type: ignore[arg-type]
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture()
+def live_server(settings: Settings, embeddings: Embeddings) -> Iterator[LiveServer]:
+    with LiveServer(create_app(settings, embeddings=embeddings)) as server:
+        yield server
+    _drop_class(settings)
