@@ -13,7 +13,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+LLAMA_STAMP := $(VENV)/.llama-cpp
+
+# llama-cpp-python for the offline LLM: built once from source into ~/.cache/ticket-rag/wheels/
+# (3-5 min, needs a C++ compiler), then installed from there without dependencies.
+$(LLAMA_STAMP): $(STAMP)
+	wheel=$$($(VENV)/bin/python -m ticket_rag.local_llm_artifacts wheel) && \
+	  $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "$$wheel"
+	@touch $@
+
+setup: $(STAMP) $(LLAMA_STAMP)
 	$(VENV)/bin/ticket-rag setup
 
 run: setup

@@ -1,35 +1,68 @@
 """Composition root: builds settings, clients, stores and chains, and wires them into one FastAPI app.
 
 A request's path: middleware (request id, access log) -> a router in ticket_rag/ (health, tickets,
-collections) or a LangServe route added here -> a store in ticket_rag/ or a chain in chains/ -> Weaviate,
-the embedding model, the LLM.
+collections) or a LangServe route added here (/rag, /retriever) -> a store in ticket_rag/ or a
+chain in chains/ -> Weaviate, the embedding model, the LLM.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import RunnableLambda
+from langserve import add_routes
+from pydantic import BaseModel, Field
 
+from chains.llm import build_llm, describe_llm
+from chains.prompts import load_prompts
+from chains.rag import ChainOptions, RagInput, RagOutput, build_rag_chain
+from chains.retrieval import TicketRetriever, build_vectorstore
 from ticket_rag import health
 from ticket_rag.embeddings import build_embeddings
 from ticket_rag.errors import register_error_handlers
 from ticket_rag.observability import RequestContextMiddleware
 from ticket_rag.settings import Settings, load_settings
 from ticket_rag.tickets import router as tickets_router
+from ticket_rag.tickets.schemas import CollectionName, SearchFilters
 from ticket_rag.tickets.store import TicketStore
 from ticket_rag.weaviate_server import build_weaviate
 
 logger = logging.getLogger(__name__)
 
+_DEFAULT_LLM: Any = object()
 
-def create_app(settings: Settings | None = None, *, embeddings: Embeddings | None = None) -> FastAPI:
+
+class RetrieverInput(BaseModel):
+    query: str = Field(min_length=1, max_length=2000, examples=["How do I reset my password?"])
+    collection: CollectionName | None = None
+    filters: SearchFilters | None = None
+    k: int = Field(5, ge=1, le=50)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    embeddings: Embeddings | None = None,
+    llm: BaseChatModel | None = _DEFAULT_LLM,
+) -> FastAPI:
     """Build the app. Clients open in the lifespan and close when it ends; test doubles come in as arguments."""
     settings = settings or load_settings()
+    prompts = load_prompts(settings.prompts_dir)
+    if llm is _DEFAULT_LLM:
+        llm, info = build_llm(settings), describe_llm(settings)
+        model, provider, offline = (info.model, info.provider, info.offline_fallback) if info else (None, None, False)
+    else:
+        model, provider, offline = (getattr(llm, "model_name", None) or type(llm).__name__, "injected", False)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,6 +75,9 @@ def create_app(settings: Settings | None = None, *, embeddings: Embeddings | Non
                 client=client, embeddings=app.state.embeddings, class_name=settings.weaviate_class
             )
             app.state.store.ensure_schema(default_collection=settings.default_collection)
+            app.state.vectorstore = build_vectorstore(
+                client=client, class_name=settings.weaviate_class, embeddings=app.state.embeddings
+            )
             yield
         finally:
             client.close()
@@ -67,4 +103,75 @@ def create_app(settings: Settings | None = None, *, embeddings: Embeddings | Non
     app.include_router(health.router)
     app.include_router(tickets_router.tickets)
     app.include_router(tickets_router.collections)
+
+    retriever = TicketRetriever(
+        vectorstore=lambda: app.state.vectorstore, k=settings.rag_k, alpha=settings.rag_alpha
+    ).with_config(run_name="weaviate_retriever")
+    app.state.rag_chain = build_rag_chain(
+        retriever=retriever,  # type: ignore[arg-type]
+        llm=llm,
+        prompts=prompts,
+        options=ChainOptions(
+            default_collection=settings.default_collection,
+            k=settings.rag_k,
+            max_k=settings.rag_max_k,
+            min_similarity=settings.rag_min_similarity,
+            max_history=settings.rag_max_history,
+            alpha=settings.rag_alpha,
+            model=model,
+            provider=provider,
+            offline_fallback=offline,
+        ),
+        collection_exists=lambda name: app.state.store.collection_exists(name=name),
+    )
+    _add_langserve_routes(app, settings, retriever)
     return app
+
+
+def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> None:
+    """The chain at /rag and the retriever at /retriever, with a pinned set of endpoints."""
+
+    async def request_metadata(config: dict[str, Any], request: Request) -> dict[str, Any]:
+        config.setdefault("metadata", {})["request_id"] = getattr(request.state, "request_id", None)
+        return config
+
+    async def cap_batch(request: Request) -> None:
+        if request.url.path.endswith("/batch"):
+            inputs = (await request.json()).get("inputs")
+            if isinstance(inputs, list) and len(inputs) > settings.rag_max_batch:
+                raise RequestValidationError(
+                    [{"type": "too_long", "loc": ("body", "inputs"), "input": len(inputs),
+                      "msg": f"at most {settings.rag_max_batch} inputs per batch"}]  # fmt: skip
+                )
+
+    tracing = os.environ.get("LANGSMITH_TRACING", os.environ.get("LANGCHAIN_TRACING_V2", "")).lower() == "true"
+    endpoints: list[Any] = ["invoke", "batch", "stream", "stream_events", "playground", "input_schema", "output_schema"]
+    add_routes(
+        app,
+        app.state.rag_chain,
+        path="/rag",
+        input_type=RagInput,
+        output_type=RagOutput,
+        config_keys=(),
+        enabled_endpoints=endpoints + (["feedback"] if tracing else []),
+        enable_feedback_endpoint=tracing,
+        per_req_config_modifier=request_metadata,
+        dependencies=[Depends(cap_batch)],
+    )
+
+    def retrieve(raw: RetrieverInput | dict[str, Any], config: Any) -> list[Document]:
+        inputs = RetrieverInput.model_validate(raw) if isinstance(raw, dict) else raw
+        return retriever.invoke(  # type: ignore[no-any-return]
+            inputs.query, config, collection=inputs.collection or settings.default_collection,
+            filters=inputs.filters, k=min(inputs.k, settings.rag_max_k),
+        )  # fmt: skip
+
+    add_routes(
+        app,
+        RunnableLambda(retrieve, name="retrieve_tickets").with_types(input_type=RetrieverInput, output_type=list[Document]),
+        path="/retriever",
+        config_keys=(),
+        enabled_endpoints=["invoke", "batch", "input_schema", "output_schema"],
+        per_req_config_modifier=request_metadata,
+        dependencies=[Depends(cap_batch)],
+    )

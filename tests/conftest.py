@@ -22,7 +22,7 @@ DATASETS = ROOT.parent / "shared" / "datasets"
 
 def make_settings(**overrides: object) -> Settings:
     """Settings for tests: no .env file, plain-text logs, overrides on top."""
-    base: dict[str, object] = {"_env_file": None, "log_json": False}
+    base: dict[str, object] = {"_env_file": None, "log_json": False, "llm_provider": "none"}
     return load_settings(**{**base, **overrides})
 
 

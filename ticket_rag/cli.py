@@ -13,7 +13,7 @@ logger = logging.getLogger("ticket_rag")
 
 
 def _prepare(settings: Settings) -> None:
-    """Fetch and verify what the service needs before it starts: the Weaviate binary and the model."""
+    """Fetch and verify what the service needs before it starts: Weaviate, the embedding model, the local LLM."""
     from ticket_rag.artifacts import ensure_weaviate_binary, resolve_model
 
     if settings.embedded_weaviate and settings.weaviate_binary is None:
@@ -21,6 +21,12 @@ def _prepare(settings: Settings) -> None:
     if settings.embedded_weaviate and settings.weaviate_binary is not None and not settings.weaviate_binary.is_file():
         raise ConfigError(f"WEAVIATE_BINARY: no file at {settings.weaviate_binary}")
     resolve_model(settings.embedding_model, cache_dir=settings.cache_dir, expected_sha256=settings.embedding_sha256)
+    from chains.llm import describe_llm
+    from ticket_rag.local_llm_artifacts import ensure_smollm2
+
+    info = describe_llm(settings)
+    if info is not None and info.provider == "local":
+        ensure_smollm2(settings.cache_dir)
 
 
 def _check_ports(settings: Settings, host: str, port: int) -> None:

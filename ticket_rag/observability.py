@@ -47,6 +47,8 @@ def configure_logging(*, level: str = "INFO", json_lines: bool = True) -> None:
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "urllib3", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # An optional SIMD library's absence, announced at import; our vector math is numpy's anyway.
+    logging.getLogger("langchain_weaviate._math").setLevel(logging.ERROR)
 
 
 class RequestContextMiddleware:
@@ -66,15 +68,24 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
 
+        response_started = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if not response_started:
+                raise
+            # A streamed response already told the client (LangServe sends an `error` event); re-raising
+            # now would only cut the connection with a second, noisier report.
+            logging.getLogger(__name__).exception("error after the response started")
         finally:
             route = scope.get("route")
             access_logger.info(

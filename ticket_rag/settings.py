@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     bulk_max_batch: int = Field(500, ge=1, le=10000)
     hybrid_alpha: float = Field(0.5, ge=0, le=1)
 
+    # The RAG chain
+    rag_k: int = Field(5, ge=1, le=50)
+    rag_max_k: int = Field(20, ge=1, le=100)
+    # Tickets less similar (cosine) to the question than this are not used as context.
+    rag_min_similarity: float = Field(0.3, ge=-1, le=1)
+    # Weight of the vector part when the RAG retriever runs Weaviate's hybrid query (1 = pure vector).
+    rag_alpha: float = Field(1.0, ge=0, le=1)
+    rag_max_history: int = Field(20, ge=0, le=200)
+    rag_max_batch: int = Field(8, ge=1, le=100)
+    prompts_dir: Path = Path(__file__).resolve().parent.parent / "prompts"
+
     # The LLM. auto: Groq when GROQ_API_KEY is set, else the local model.
     llm_provider: Literal["auto", "groq", "local", "none"] = "auto"
     groq_api_key: SecretStr | None = None

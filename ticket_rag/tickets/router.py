@@ -9,6 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
+from langchain_core.runnables import Runnable
+from starlette.concurrency import run_in_threadpool
+
+from chains.rag import RagOutput
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.schemas import (
     COLLECTION_PATTERN,
@@ -40,7 +44,12 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
+def _rag_chain(request: Request) -> Runnable[Any, Any]:
+    return request.app.state.rag_chain  # type: ignore[no-any-return]
+
+
 StoreDep = Annotated[TicketStore, Depends(_store)]
+RagChainDep = Annotated[Runnable[Any, Any], Depends(_rag_chain)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 CollectionQuery = Annotated[str | None, Query(pattern=COLLECTION_PATTERN, description="Defaults to the default collection.")]
 
@@ -218,3 +227,22 @@ def delete_ticket(ticket_id: uuid.UUID, store: StoreDep, settings: SettingsDep, 
     store.delete(ticket_id=ticket_id, collection=collection or settings.default_collection)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
+
+
+@tickets.post("/{ticket_id}/suggest", response_model=RagOutput)
+async def suggest_reply(
+    ticket_id: uuid.UUID, request: Request, store: StoreDep, settings: SettingsDep, chain: RagChainDep,
+    collection: CollectionQuery = None,
+) -> Any:
+    """Suggest a reply to this ticket from similar resolved or closed tickets, through the RAG chain."""
+    name = collection or settings.default_collection
+    ticket = await run_in_threadpool(store.get, ticket_id=ticket_id, collection=name)
+    question = f"{ticket.title}\n\n{ticket.description}"[:2000]
+    inputs = {
+        "question": question,
+        "collection": name,
+        "filters": {"status": [Status.resolved.value, Status.closed.value]},
+        "exclude_ticket": str(ticket_id),
+    }
+    metadata = {"request_id": getattr(request.state, "request_id", None), "route": "suggest"}
+    return await chain.ainvoke(inputs, {"metadata": metadata, "run_name": "suggest_reply"})

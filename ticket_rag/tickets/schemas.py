@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
-def _clean_text(value: str) -> str:
+def clean_text(value: str) -> str:
     """Strip outer whitespace; refuse text that cannot be stored faithfully (NUL, lone surrogates)."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
@@ -24,18 +24,18 @@ def _clean_text(value: str) -> str:
     return value.strip()
 
 
-def _not_blank(value: str) -> str:
+def not_blank(value: str) -> str:
     if not value or all(unicodedata.category(c) in ("Zs", "Cf", "Cc") for c in value):
         raise ValueError("must not be empty or whitespace")
     return value
 
 
-Title = Annotated[str, StringConstraints(max_length=300), AfterValidator(_clean_text), AfterValidator(_not_blank)]
-LongText = Annotated[str, StringConstraints(max_length=20_000), AfterValidator(_clean_text)]
-Description = Annotated[LongText, AfterValidator(_not_blank)]
-ShortText = Annotated[str, StringConstraints(max_length=100), AfterValidator(_clean_text)]
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_clean_text), AfterValidator(_not_blank)]
-ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_clean_text), AfterValidator(_not_blank)]
+Title = Annotated[str, StringConstraints(max_length=300), AfterValidator(clean_text), AfterValidator(not_blank)]
+LongText = Annotated[str, StringConstraints(max_length=20_000), AfterValidator(clean_text)]
+Description = Annotated[LongText, AfterValidator(not_blank)]
+ShortText = Annotated[str, StringConstraints(max_length=100), AfterValidator(clean_text)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(clean_text), AfterValidator(not_blank)]
+ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(clean_text), AfterValidator(not_blank)]
 CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
 
 
@@ -127,7 +127,7 @@ SearchMode = Literal["vector", "keyword", "hybrid"]
 
 
 class SearchRequest(_Strict):
-    query: Annotated[str, StringConstraints(max_length=2000), AfterValidator(_clean_text), AfterValidator(_not_blank)] = (
+    query: Annotated[str, StringConstraints(max_length=2000), AfterValidator(clean_text), AfterValidator(not_blank)] = (
         Field(examples=["login issues"])
     )
     limit: int = Field(5, ge=1, description="Results to return; capped by SEARCH_MAX_LIMIT.")

@@ -107,7 +107,7 @@ class TicketStore:
 
     def ensure_schema(self, *, default_collection: str) -> None:
         """Create the Weaviate collection (and the default tenant) if they do not exist yet."""
-        with self._errors():
+        with weaviate_errors():
             if not self.client.collections.exists(self.class_name):
                 self.client.collections.create(
                     self.class_name,
@@ -145,30 +145,30 @@ class TicketStore:
 
     def create_collection(self, *, name: str) -> None:
         """Create an empty collection; CollectionExists if the name is taken."""
-        with self._errors():
+        with weaviate_errors():
             if self._collection.tenants.exists(name):
                 raise CollectionExists(f"collection '{name}' already exists")
             self._collection.tenants.create([Tenant(name=name)])
 
     def list_collections(self) -> list[str]:
-        with self._errors():
+        with weaviate_errors():
             return sorted(self._collection.tenants.get())
 
     def collection_exists(self, *, name: str) -> bool:
-        with self._errors():
+        with weaviate_errors():
             return bool(self._collection.tenants.exists(name))
 
     def count(self, *, collection: str, filters: SearchFilters | None = None) -> int:
         """Tickets in a collection that match the filters."""
-        with self._errors(collection):
+        with weaviate_errors(collection):
             result = self._tenant(collection).aggregate.over_all(
-                total_count=True, filters=self._filters(filters) if filters else None
+                total_count=True, filters=weaviate_filter(filters) if filters else None
             )
         return int(result.total_count or 0)
 
     def delete_collection(self, *, name: str) -> None:
         """Drop a collection and every ticket in it."""
-        with self._errors():
+        with weaviate_errors():
             if not self._collection.tenants.exists(name):
                 raise CollectionNotFound(f"collection '{name}' does not exist")
             self._collection.tenants.remove([name])
@@ -204,7 +204,7 @@ class TicketStore:
             objects.append(weaviate.classes.data.DataObject(properties=props, uuid=ticket_id, vector=vector))
             public = _public(ticket_id, collection, props)
             results.append(Upserted(ticket=public, created=ticket_id not in existing))
-        with self._errors(collection):
+        with weaviate_errors(collection):
             outcome = self._tenant(collection).data.insert_many(objects)
         if outcome.has_errors:
             first = next(iter(outcome.errors.values()))
@@ -214,7 +214,7 @@ class TicketStore:
     def _created_at_of(self, ids: list[uuid.UUID], collection: str) -> dict[uuid.UUID, datetime]:
         if not ids:
             return {}
-        with self._errors(collection):
+        with weaviate_errors(collection):
             found = self._tenant(collection).query.fetch_objects(
                 filters=Filter.by_id().contains_any(ids), limit=len(ids), return_properties=["created_at"]
             )
@@ -230,7 +230,7 @@ class TicketStore:
         return list(obj.vector["default"])
 
     def _get_object(self, ticket_id: uuid.UUID, collection: str, *, include_vector: bool) -> Any:
-        with self._errors(collection):
+        with weaviate_errors(collection):
             obj = self._tenant(collection).query.fetch_object_by_id(ticket_id, include_vector=include_vector)
         if obj is None:
             raise TicketNotFound(f"ticket {ticket_id} not found in collection '{collection}'")
@@ -247,22 +247,22 @@ class TicketStore:
         now = datetime.now(UTC)
         props = _properties(patch)
         props["updated_at"] = now
-        with self._errors(collection):
+        with weaviate_errors(collection):
             self._tenant(collection).data.update(uuid=ticket_id, properties=props, vector=vector)
         return merged.model_copy(update={"updated_at": now}), vector is not None
 
     def delete(self, *, ticket_id: uuid.UUID, collection: str) -> None:
         """Delete a ticket; it is gone from every search at once."""
-        with self._errors(collection):
+        with weaviate_errors(collection):
             result = self._tenant(collection).data.delete_many(where=Filter.by_id().equal(ticket_id))
         if not result.successful:
             raise TicketNotFound(f"ticket {ticket_id} not found in collection '{collection}'")
 
     def list(self, *, collection: str, filters: SearchFilters, offset: int, limit: int) -> Page:
         """A page of tickets, newest first, and how many match in all."""
-        with self._errors(collection):
+        with weaviate_errors(collection):
             result = self._tenant(collection).query.fetch_objects(
-                filters=self._filters(filters),
+                filters=weaviate_filter(filters),
                 offset=offset,
                 limit=limit,
                 sort=Sort.by_property("created_at", ascending=False),
@@ -304,9 +304,9 @@ class TicketStore:
         exclude: uuid.UUID | None = None,
     ) -> list[SearchHit]:
         """The search itself, for callers that already hold the query vector."""
-        where = self._filters(filters, exclude=exclude)
+        where = weaviate_filter(filters, exclude=exclude)
         tenant = self._tenant(collection)
-        with self._errors(collection):
+        with weaviate_errors(collection):
             if mode == "vector":
                 result = tenant.query.near_vector(
                     near_vector=query_vector, limit=limit, filters=where, return_metadata=MetadataQuery(distance=True)
@@ -347,47 +347,51 @@ class TicketStore:
 
     # --- helpers ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _filters(filters: SearchFilters | None, *, exclude: uuid.UUID | None = None) -> Any:
-        parts = []
-        if filters is not None:
-            if filters.priority:
-                parts.append(Filter.by_property("priority").contains_any([p.value for p in filters.priority]))
-            if filters.status:
-                parts.append(Filter.by_property("status").contains_any([s.value for s in filters.status]))
-            if filters.category:
-                parts.append(Filter.by_property("category").contains_any(list(filters.category)))
-            if filters.tags:
-                parts.append(Filter.by_property("tags").contains_any(list(filters.tags)))
-            if filters.created_after:
-                parts.append(Filter.by_property("created_at").greater_or_equal(_aware(filters.created_after)))
-            if filters.created_before:
-                parts.append(Filter.by_property("created_at").less_than(_aware(filters.created_before)))
-        if exclude is not None:
-            parts.append(Filter.by_id().not_equal(exclude))
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else Filter.all_of(parts)
 
-    @contextmanager
-    def _errors(self, collection: str | None = None) -> Iterator[None]:
-        """Turn Weaviate's exceptions into the store's domain errors."""
-        try:
-            yield
-        except (WeaviateConnectionError, WeaviateTimeoutError, WeaviateClosedClientError) as exc:
-            raise StoreUnavailable("the vector database is unavailable; try again shortly") from exc
-        except (WeaviateQueryError, UnexpectedStatusCodeError) as exc:
-            if collection is not None and _is_missing_tenant(exc):
-                raise CollectionNotFound(f"collection '{collection}' does not exist") from exc
-            status = getattr(exc, "status_code", None)
-            if status is not None and 400 <= status < 500 and status != 429:
-                logger.warning("Weaviate rejected a request: %s", exc)
-                raise InvalidRequest("the request could not be executed against the vector database") from exc
-            raise StoreUnavailable("the vector database failed to answer; try again shortly") from exc
-        except WeaviateBaseError as exc:
-            if collection is not None and _is_missing_tenant(exc):
-                raise CollectionNotFound(f"collection '{collection}' does not exist") from exc
-            raise StoreUnavailable("the vector database failed to answer; try again shortly") from exc
+@contextmanager
+def weaviate_errors(collection: str | None = None) -> Iterator[None]:
+    """Turn Weaviate's exceptions (and langchain-weaviate's ValueError wrapping) into domain errors."""
+    try:
+        yield
+    except (WeaviateConnectionError, WeaviateTimeoutError, WeaviateClosedClientError) as exc:
+        raise StoreUnavailable("the vector database is unavailable; try again shortly") from exc
+    except (WeaviateQueryError, UnexpectedStatusCodeError) as exc:
+        if collection is not None and _is_missing_tenant(exc):
+            raise CollectionNotFound(f"collection '{collection}' does not exist") from exc
+        status = getattr(exc, "status_code", None)
+        if status is not None and 400 <= status < 500 and status != 429:
+            logger.warning("Weaviate rejected a request: %s", exc)
+            raise InvalidRequest("the request could not be executed against the vector database") from exc
+        raise StoreUnavailable("the vector database failed to answer; try again shortly") from exc
+    except (WeaviateBaseError, ValueError) as exc:
+        if isinstance(exc, ValueError) and not str(exc).startswith("Error during query"):
+            raise
+        if collection is not None and _is_missing_tenant(exc):
+            raise CollectionNotFound(f"collection '{collection}' does not exist") from exc
+        raise StoreUnavailable("the vector database failed to answer; try again shortly") from exc
+
+
+def weaviate_filter(filters: SearchFilters | None, *, exclude: uuid.UUID | None = None) -> Any:
+    """SearchFilters as one Weaviate filter (None when there is nothing to filter on)."""
+    parts = []
+    if filters is not None:
+        if filters.priority:
+            parts.append(Filter.by_property("priority").contains_any([p.value for p in filters.priority]))
+        if filters.status:
+            parts.append(Filter.by_property("status").contains_any([s.value for s in filters.status]))
+        if filters.category:
+            parts.append(Filter.by_property("category").contains_any(list(filters.category)))
+        if filters.tags:
+            parts.append(Filter.by_property("tags").contains_any(list(filters.tags)))
+        if filters.created_after:
+            parts.append(Filter.by_property("created_at").greater_or_equal(_aware(filters.created_after)))
+        if filters.created_before:
+            parts.append(Filter.by_property("created_at").less_than(_aware(filters.created_before)))
+    if exclude is not None:
+        parts.append(Filter.by_id().not_equal(exclude))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else Filter.all_of(parts)
 
 
 def _aware(value: datetime) -> datetime:

@@ -1,0 +1,382 @@
+"""The RAG chain: normalise -> condense -> retrieve -> filter -> format -> prompt -> LLM -> sanitise.
+
+Its output streams as dict chunks: first {"sources": [...]}, then {"answer": "..."} pieces, then
+{"metadata": {...}}. Invoking it adds the chunks up into one RagOutput-shaped dict, so invoke,
+batch and stream carry the same answer and sources over the wire.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import unicodedata
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator, RunnableLambda
+from langchain_core.runnables.utils import AddableDict
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+
+from chains.prompts import Prompts
+from chains.retrieval import TicketRetriever
+from ticket_rag.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from ticket_rag.tickets.schemas import CollectionName, SearchFilters, clean_text, not_blank
+
+NO_TICKETS_ANSWER = (
+    "No past ticket matches this question closely enough to answer it. "
+    "Please escalate it to a human agent, or add detail and ask again."
+)
+OFFLINE_NOTE = "Answered by the offline fallback model ({model}); check the cited tickets."
+
+Question = Annotated[str, StringConstraints(max_length=2000), AfterValidator(clean_text), AfterValidator(not_blank)]
+
+
+class ChatTurn(BaseModel):
+    role: Literal["human", "ai"]
+    content: Annotated[str, StringConstraints(max_length=4000), AfterValidator(clean_text)]
+
+
+class RagInput(BaseModel):
+    """What the chain takes: a question, and optionally where to look and the conversation so far."""
+
+    question: Question = Field(examples=["How do I reset my password?"])
+    collection: CollectionName | None = Field(None, description="Defaults to the default collection.")
+    filters: SearchFilters | None = None
+    chat_history: list[ChatTurn] = Field(default_factory=list, max_length=200)
+    k: int | None = Field(None, ge=1, le=100, description="Tickets to retrieve; capped by RAG_MAX_K.")
+    exclude_ticket: uuid.UUID | None = Field(None, description="A ticket never to use (the one being answered).")
+
+
+class Source(BaseModel):
+    ref: str = Field(description="How the answer cites this ticket, e.g. #1a2b3c4d.")
+    id: str
+    title: str
+    status: str | None = None
+    priority: str | None = None
+    score: float = Field(description="Cosine similarity of the question and the ticket.")
+    snippet: str
+    resolution: str | None = None
+
+
+class RagOutput(BaseModel):
+    answer: str
+    sources: list[Source]
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChainOptions:
+    default_collection: str = "default"
+    k: int = 5
+    max_k: int = 20
+    min_similarity: float = 0.3
+    max_history: int = 20
+    alpha: float = 1.0
+    model: str | None = None
+    provider: str | None = None
+    offline_fallback: bool = False
+
+
+# --- the steps -----------------------------------------------------------------------------------
+
+
+def normalise_question(inputs: RagInput | dict[str, Any], options: ChainOptions) -> dict[str, Any]:
+    """Validate the input, clean the question (Unicode NFKC, no control characters, single spaces)."""
+    data = inputs if isinstance(inputs, RagInput) else RagInput.model_validate(inputs)
+    k = data.k or options.k
+    if k > options.max_k:
+        raise InvalidRequest(f"k: at most {options.max_k} tickets can be retrieved")
+    if len(data.chat_history) > options.max_history:
+        raise InvalidRequest(f"chat_history: at most {options.max_history} turns are accepted")
+    text = unicodedata.normalize("NFKC", data.question)
+    text = "".join(c if unicodedata.category(c)[0] != "C" else " " for c in text)
+    return {
+        "started": time.perf_counter(),
+        "question": " ".join(text.split()),
+        "collection": data.collection or options.default_collection,
+        "filters": data.filters,
+        "history": data.chat_history,
+        "k": k,
+        "exclude": data.exclude_ticket,
+    }
+
+
+def _history_text(history: list[ChatTurn]) -> str:
+    return "\n".join(f"{'Agent' if t.role == 'human' else 'Assistant'}: {t.content}" for t in history)
+
+
+def cited(ticket_id: str) -> str:
+    """The reference an answer uses for a ticket."""
+    return "#" + ticket_id.replace("-", "")[:8]
+
+
+def _snippet(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+_DELIMITERS = re.compile(r"</?\s*tickets?\b[^>]*>", re.I)
+
+
+def _as_data(text: str, limit: int) -> str:
+    """Ticket text as inert data: our delimiters neutralised, shortened."""
+    return _snippet(_DELIMITERS.sub("[removed tag]", text), limit)
+
+
+def format_context(docs: list[Document], *, limit: int) -> str:
+    """Each ticket in its own delimited block with its reference, status and resolution."""
+    blocks = []
+    for n, doc in enumerate(docs, start=1):
+        meta = doc.metadata
+        lines = [
+            f'<ticket ref="T{n}" status="{meta.get("status") or "unknown"}" priority="{meta.get("priority") or "unknown"}">',
+            f"Title: {_as_data(meta.get('title') or '', 300)}",
+            f"Problem: {_as_data(doc.page_content, limit)}",
+        ]
+        if meta.get("resolution"):
+            lines.append(f"Resolution: {_as_data(meta['resolution'], limit)}")
+        lines.append("</ticket>")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def to_sources(docs: list[Document]) -> list[dict[str, Any]]:
+    return [
+        Source(
+            ref=cited(str(doc.metadata["id"])),
+            id=str(doc.metadata["id"]),
+            title=doc.metadata.get("title") or "",
+            status=doc.metadata.get("status"),
+            priority=doc.metadata.get("priority"),
+            score=doc.metadata["similarity"],
+            snippet=_snippet(doc.page_content, 240),
+            resolution=_snippet(doc.metadata["resolution"], 600) if doc.metadata.get("resolution") else None,
+        ).model_dump()
+        for doc in docs
+    ]
+
+
+# --- the answer, sanitised as it streams ---------------------------------------------------------------
+
+_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_HTML = re.compile(r"</?(?:img|a|iframe|script|svg)\b[^>]*>", re.I)
+_URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.I)
+_CITATION = re.compile(r"\[\s*(T\d+(?:\s*[,;]\s*T\d+)*)\s*\]", re.I)
+_TAG = re.compile(r"<[^>]*>")
+_OPEN_LINK = re.compile(r"\[[^\]]*\](?:\([^)]*\)|[^(])", re.S)
+
+
+class AnswerSanitizer:
+    """Rewrites an answer as it streams: [T1] -> the ticket's reference, invented references dropped,
+    links, images and raw URLs removed (a poisoned ticket cannot make the answer exfiltrate data).
+
+    Text is held back only while a construct is still open (a '[' without its end, a partial word).
+    """
+
+    def __init__(self, refs: list[str], *, keep_citations: bool = True, hold_limit: int = 400) -> None:
+        self.refs = refs
+        self.keep_citations = keep_citations
+        self.hold_limit = hold_limit
+        self.buffer = ""
+        self.cited: list[str] = []
+
+    def _cite(self, match: re.Match[str]) -> str:
+        out = []
+        for label in re.split(r"\s*[,;]\s*", match.group(1)):
+            n = int(label[1:])
+            if 1 <= n <= len(self.refs) and self.keep_citations:
+                out.append(f"[{self.refs[n - 1]}]")
+                if self.refs[n - 1] not in self.cited:
+                    self.cited.append(self.refs[n - 1])
+        return " ".join(out)
+
+    def _clean(self, text: str) -> str:
+        text = _IMAGE.sub("", text)
+        text = _LINK.sub(r"\1", text)
+        text = _HTML.sub("", text)
+        text = _URL.sub("[link removed]", text)
+        return _CITATION.sub(self._cite, text)
+
+    def _safe_end(self) -> int:
+        buf = self.buffer
+        end = len(buf)
+        last_space = max(buf.rfind(" "), buf.rfind("\n"))
+        end = min(end, last_space + 1)  # hold the word still being written
+        bracket = buf.rfind("[")
+        if bracket != -1 and not _OPEN_LINK.match(buf, bracket):
+            end = min(end, bracket - 1 if bracket > 0 and buf[bracket - 1] == "!" else bracket)
+        angle = buf.rfind("<")
+        if angle != -1 and ">" not in buf[angle:]:
+            end = min(end, angle)
+        for construct in (_IMAGE, _LINK, _TAG):  # never cut through a complete construct either
+            for match in construct.finditer(buf, 0, end + 200):
+                if match.start() < end < match.end():
+                    end = match.start()
+        if len(buf) - end > self.hold_limit:
+            end = len(buf)
+        return max(end, 0)
+
+    def feed(self, text: str) -> str:
+        self.buffer += text
+        end = self._safe_end()
+        ready, self.buffer = self.buffer[:end], self.buffer[end:]
+        return self._clean(ready) if ready else ""
+
+    def close(self) -> str:
+        ready, self.buffer = self.buffer, ""
+        return self._clean(ready)
+
+
+def _llm_error(exc: Exception) -> UpstreamUnavailable | UpstreamTimeout:
+    from chains.llm import classify_llm_error
+
+    kind = classify_llm_error(exc)
+    if kind == "timeout":
+        return UpstreamTimeout("the language model did not answer in time; try again")
+    if kind == "rate_limited":
+        return UpstreamUnavailable("the language model is rate-limited; try again shortly")
+    return UpstreamUnavailable("the language model is unavailable; try again shortly")
+
+
+# --- the chain -------------------------------------------------------------------------------------------
+
+
+def build_rag_chain(
+    *,
+    retriever: TicketRetriever,
+    llm: BaseChatModel | None,
+    prompts: Prompts,
+    options: ChainOptions,
+    collection_exists: Callable[[str], bool],
+) -> Runnable[Any, Any]:
+    """Compose the named steps into one runnable (async: ainvoke, astream, abatch)."""
+    offline = options.offline_fallback
+    context_limit = 300 if offline else 1200
+
+    def normalise(inputs: Any) -> dict[str, Any]:
+        return normalise_question(inputs, options)
+
+    async def condense(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        state["standalone_question"] = state["question"]
+        if state["history"] and llm is not None:
+            prompt = prompts.condense.format(history=_history_text(state["history"]), question=state["question"])
+            try:
+                reply = await llm.ainvoke(prompt, config)
+            except Exception as exc:
+                raise _llm_error(exc) from exc
+            rewritten = " ".join(str(reply.content).split())[:2000]
+            if rewritten:
+                state["standalone_question"] = rewritten
+        return state
+
+    def retrieve(state: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        from ticket_rag.errors import CollectionNotFound
+
+        started = time.perf_counter()
+        if not collection_exists(state["collection"]):
+            raise CollectionNotFound(f"collection '{state['collection']}' does not exist")
+        state["docs"] = retriever.invoke(
+            state["standalone_question"], config, collection=state["collection"], filters=state["filters"],
+            k=state["k"], exclude=state["exclude"],
+        )  # fmt: skip
+        state["retrieve_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        return state
+
+    def keep_relevant(state: dict[str, Any]) -> dict[str, Any]:
+        docs = [d for d in state["docs"] if d.metadata["similarity"] >= options.min_similarity]
+        state["dropped"] = len(state["docs"]) - len(docs)
+        state["docs"] = docs[:3] if offline else docs
+        return state
+
+    def build_context(state: dict[str, Any]) -> dict[str, Any]:
+        state["context"] = format_context(state["docs"], limit=context_limit)
+        state["sources"] = to_sources(state["docs"])
+        return state
+
+    async def answer(states: AsyncIterator[dict[str, Any]], config: RunnableConfig) -> AsyncIterator[AddableDict]:
+        async for state in states:
+            yield AddableDict(sources=state["sources"])
+            refs = [s["ref"] for s in state["sources"]]
+            started = time.perf_counter()
+            generated = False
+            if not refs:
+                yield AddableDict(answer=NO_TICKETS_ANSWER)
+            elif llm is None:
+                yield AddableDict(answer=_listing(state["sources"]))
+            else:
+                generated = True
+                sanitizer = AnswerSanitizer(refs, keep_citations=not offline)
+                messages = prompts.answer.format_messages(context=state["context"], question=state["standalone_question"])
+                try:
+                    async for chunk in llm.astream(messages, config):
+                        text = sanitizer.feed(str(chunk.content))
+                        if text:
+                            yield AddableDict(answer=text)
+                except Exception as exc:
+                    error = _llm_error(exc)
+                    # Stream clients see why before LangServe's own `error` event; invoke raises as usual.
+                    yield AddableDict(error={"status_code": error.status_code, "detail": error.detail})
+                    raise error from exc
+                tail = sanitizer.close()
+                if offline:
+                    tail += "\n\n" + OFFLINE_NOTE.format(model=options.model) + " Sources: " + " ".join(
+                        f"[{r}]" for r in refs
+                    )
+                if tail:
+                    yield AddableDict(answer=tail)
+            metadata = config.get("metadata") or {}
+            yield AddableDict(
+                metadata={
+                    "model": options.model if generated else None,
+                    "provider": options.provider if generated else None,
+                    "offline_fallback": offline and generated,
+                    "generated": generated,
+                    "no_relevant_tickets": not refs,
+                    "standalone_question": state["standalone_question"],
+                    "retrieval": {
+                        "collection": state["collection"],
+                        "mode": "vector" if options.alpha == 1 else "hybrid",
+                        "alpha": options.alpha,
+                        "k": state["k"],
+                        "min_similarity": options.min_similarity,
+                        "below_threshold": state["dropped"],
+                    },
+                    "timings_ms": {
+                        "retrieve": state["retrieve_ms"],
+                        "generate": round((time.perf_counter() - started) * 1000, 1) if generated else 0.0,
+                        "total": round((time.perf_counter() - state["started"]) * 1000, 1),
+                    },
+                    "request_id": metadata.get("request_id"),
+                    "run_id": metadata.get("ticket_rag_run_id"),
+                }
+            )
+
+    chain = (
+        RunnableLambda(normalise, name="normalise_question")
+        | RunnableLambda(_sync_unsupported, afunc=condense, name="condense_question")
+        | RunnableLambda(retrieve, name="retrieve_tickets")
+        | RunnableLambda(keep_relevant, name="drop_irrelevant")
+        | RunnableLambda(build_context, name="format_context")
+        | RunnableGenerator(answer, name="generate_answer")
+    )
+    return chain.with_types(input_type=RagInput, output_type=RagOutput).with_config(run_name="ticket_rag")
+
+
+def _sync_unsupported(state: dict[str, Any]) -> dict[str, Any]:
+    raise NotImplementedError("the RAG chain is async: use ainvoke, astream or abatch")
+
+
+def _listing(sources: list[dict[str, Any]]) -> str:
+    """The answer when generation is off (LLM_PROVIDER=none): the tickets and how they were resolved."""
+    lines = ["Generation is off; the most relevant past tickets:"]
+    for n, s in enumerate(sources, start=1):
+        line = f"{n}. [{s['ref']}] {s['title']} ({s['status'] or 'unknown'})"
+        if s.get("resolution"):
+            line += f": {s['resolution']}"
+        lines.append(line)
+    return "\n".join(lines)
