@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda
 from langserve import add_routes
 from pydantic import BaseModel, Field
 
@@ -30,7 +30,7 @@ from chains.retrieval import TicketRetriever, build_vectorstore
 from ticket_rag import health
 from ticket_rag.embeddings import build_embeddings
 from ticket_rag.errors import register_error_handlers
-from ticket_rag.observability import RequestContextMiddleware
+from ticket_rag.observability import RequestContextMiddleware, request_id_var
 from ticket_rag.settings import Settings, load_settings
 from ticket_rag.tickets import router as tickets_router
 from ticket_rag.tickets.schemas import CollectionName, SearchFilters
@@ -131,10 +131,6 @@ def create_app(
 def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> None:
     """The chain at /rag and the retriever at /retriever, with a pinned set of endpoints."""
 
-    async def request_metadata(config: dict[str, Any], request: Request) -> dict[str, Any]:
-        config.setdefault("metadata", {})["request_id"] = getattr(request.state, "request_id", None)
-        return config
-
     async def cap_batch(request: Request) -> None:
         if request.url.path.endswith("/batch"):
             inputs = (await request.json()).get("inputs")
@@ -148,14 +144,13 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> N
     endpoints: list[Any] = ["invoke", "batch", "stream", "stream_events", "playground", "input_schema", "output_schema"]
     add_routes(
         app,
-        app.state.rag_chain,
+        _traced(app.state.rag_chain, "ticket_rag"),
         path="/rag",
         input_type=RagInput,
         output_type=RagOutput,
         config_keys=(),
         enabled_endpoints=endpoints + (["feedback"] if tracing else []),
         enable_feedback_endpoint=tracing,
-        per_req_config_modifier=request_metadata,
         dependencies=[Depends(cap_batch)],
     )
 
@@ -168,10 +163,30 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> N
 
     add_routes(
         app,
-        RunnableLambda(retrieve, name="retrieve_tickets").with_types(input_type=RetrieverInput, output_type=list[Document]),
+        _traced(
+            RunnableLambda(retrieve, name="retrieve_tickets").with_types(input_type=RetrieverInput, output_type=list[Document]),
+            "retrieve_tickets",
+        ),
         path="/retriever",
         config_keys=(),
         enabled_endpoints=["invoke", "batch", "input_schema", "output_schema"],
-        per_req_config_modifier=request_metadata,
         dependencies=[Depends(cap_batch)],
     )
+
+
+def _traced(runnable: Runnable[Any, Any], name: str) -> Runnable[Any, Any]:
+    """The runnable as served: its root run keeps its own name and carries the request id and run id.
+
+    LangServe names every root run after its route ("/rag") and, on /batch, drops what a
+    per_req_config_modifier adds unless config_keys lets clients send it too. Config factories
+    merge after both, so these win on every endpoint.
+    """
+
+    def config(merged: RunnableConfig) -> RunnableConfig:
+        run_id = merged.get("run_id")
+        return {
+            "run_name": name,
+            "metadata": {"request_id": request_id_var.get(), "ticket_rag_run_id": str(run_id) if run_id else None},
+        }
+
+    return RunnableBinding(bound=runnable, config_factories=[config])

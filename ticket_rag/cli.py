@@ -1,4 +1,4 @@
-"""The `ticket-rag` command: serve, setup, import."""
+"""The `ticket-rag` command: serve, setup, import, eval."""
 
 from __future__ import annotations
 
@@ -99,6 +99,29 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from ticket_rag.evaluation import markdown_report, parse_mode, run_eval
+
+    try:
+        modes = [parse_mode(m, default_alpha=settings.hybrid_alpha) for m in args.modes] if args.modes else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    report = run_eval(
+        dataset_dir=Path(args.dataset),
+        output_dir=Path(args.output),
+        settings=settings,
+        modes=modes,
+        limit_queries=args.limit_queries,
+        collection=args.collection,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        batch_size=args.batch_size,
+    )
+    print(markdown_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ticket-rag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,13 +142,39 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--batch-size", type=int, default=64)
     imp.add_argument("--restart", action="store_true", help="ignore the checkpoint of an earlier run")
     imp.set_defaults(func=cmd_import)
+    ev = sub.add_parser("eval", help="retrieval quality on a BEIR-format dataset, through the service's own store")
+    ev.add_argument("--dataset", required=True, help="a folder with corpus.jsonl, queries.jsonl and qrels/test.tsv")
+    ev.add_argument("--output", required=True, help="the folder for results.json and results.md")
+    ev.add_argument(
+        "--modes", nargs="+", default=None, metavar="MODE",
+        help="vector, keyword, hybrid:ALPHA (default: vector keyword hybrid:0.3 hybrid:0.5 hybrid:0.7)",
+    )  # fmt: skip
+    ev.add_argument("--limit-queries", type=int, default=None, metavar="N", help="only the first N judged queries")
+    ev.add_argument(
+        "--collection", default=None, help="ingest into this collection and keep it (default: a fresh one, dropped at the end)"
+    )
+    ev.add_argument("--data-dir", default=None, help="the embedded Weaviate's data folder (default: a temporary one)")
+    ev.add_argument("--batch-size", type=int, default=64, help="documents per upsert_many call")
+    ev.set_defaults(func=cmd_eval)
     return parser
+
+
+def _export_tracing_env(env_file: str = ".env") -> None:
+    """LangSmith reads its own variables from the process environment; let `.env` set them too."""
+    import os
+
+    from dotenv import dotenv_values
+
+    for key, value in dotenv_values(env_file).items():
+        if key.startswith(("LANGSMITH_", "LANGCHAIN_")) and value is not None:
+            os.environ.setdefault(key, value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ticket_rag.observability import configure_logging
 
     args = build_parser().parse_args(argv)
+    _export_tracing_env()
     try:
         settings = load_settings()
         configure_logging(level=settings.log_level, json_lines=settings.log_json)

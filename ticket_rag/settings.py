@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     rag_k: int = Field(5, ge=1, le=50)
     rag_max_k: int = Field(20, ge=1, le=100)
     # Tickets less similar (cosine) to the question than this are not used as context.
-    rag_min_similarity: float = Field(0.3, ge=-1, le=1)
+    rag_min_similarity: float = Field(0.25, ge=-1, le=1)
     # Weight of the vector part when the RAG retriever runs Weaviate's hybrid query (1 = pure vector).
     rag_alpha: float = Field(1.0, ge=0, le=1)
     rag_max_history: int = Field(20, ge=0, le=200)
