@@ -27,10 +27,12 @@ from chains.llm import build_llm, describe_llm
 from chains.prompts import load_prompts
 from chains.rag import ChainOptions, RagInput, RagOutput, build_rag_chain
 from chains.retrieval import TicketRetriever, build_vectorstore
-from ticket_rag import health
+from ticket_rag import admin, health
 from ticket_rag.embeddings import build_embeddings
 from ticket_rag.errors import register_error_handlers
+from ticket_rag.metrics import InstrumentedEmbeddings, LLMMetrics
 from ticket_rag.observability import RequestContextMiddleware, request_id_var
+from ticket_rag.security import ApiKeyStore, Gatekeeper, RateLimiter, Role, caller, collections_in
 from ticket_rag.settings import Settings, load_settings
 from ticket_rag.tickets import router as tickets_router
 from ticket_rag.tickets.schemas import CollectionName, SearchFilters
@@ -63,6 +65,8 @@ def create_app(
         model, provider, offline = (info.model, info.provider, info.offline_fallback) if info else (None, None, False)
     else:
         model, provider, offline = (getattr(llm, "model_name", None) or type(llm).__name__, "injected", False)
+    if llm is not None:
+        llm = llm.with_config(callbacks=[LLMMetrics(model or "unknown")])  # type: ignore[assignment]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,11 +74,15 @@ def create_app(
         try:
             app.state.weaviate = client
             app.state.embedded_weaviate = embedded
-            app.state.embeddings = embeddings or build_embeddings(settings)
+            app.state.embeddings = InstrumentedEmbeddings(embeddings or build_embeddings(settings))
             app.state.store = TicketStore(
                 client=client, embeddings=app.state.embeddings, class_name=settings.weaviate_class
             )
             app.state.store.ensure_schema(default_collection=settings.default_collection)
+            app.state.api_keys = ApiKeyStore(
+                client=client, class_name=f"{settings.weaviate_class}ApiKey", cache_seconds=settings.api_key_cache_seconds
+            )
+            app.state.api_keys.ensure_schema()
             app.state.vectorstore = build_vectorstore(
                 client=client, class_name=settings.weaviate_class, embeddings=app.state.embeddings
             )
@@ -89,8 +97,17 @@ def create_app(
         version="0.1.0",
         summary="Support tickets in Weaviate; similar tickets, duplicates and answers grounded in past tickets.",
         lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
+    if settings.environment == "production" and settings.anonymous_allowed:
+        logger.warning("ALLOW_ANONYMOUS=true in production: anyone who reaches the API has full access")
+    app.state.gatekeeper = Gatekeeper(
+        keys=lambda: app.state.api_keys,
+        allow_anonymous=settings.anonymous_allowed,
+        admin_key=settings.admin_api_key.get_secret_value() if settings.admin_api_key else None,
+        limiter=RateLimiter(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst),
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -103,6 +120,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(tickets_router.tickets)
     app.include_router(tickets_router.collections)
+    app.include_router(admin.router)
 
     retriever = TicketRetriever(
         vectorstore=lambda: app.state.vectorstore, k=settings.rag_k, alpha=settings.rag_alpha
@@ -131,6 +149,19 @@ def create_app(
 def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> None:
     """The chain at /rag and the retriever at /retriever, with a pinned set of endpoints."""
 
+    read_access = caller(Role.read)
+
+    async def scoped(request: Request) -> None:
+        """Every LangServe endpoint needs a read key; the collections a body asks for must be in its scope."""
+        principal = await read_access(request)
+        if request.method == "POST":
+            try:
+                payload = await request.json()
+            except ValueError:
+                return  # LangServe answers malformed JSON itself
+            for collection in collections_in(payload):
+                principal.collection(collection, settings.default_collection)
+
     async def cap_batch(request: Request) -> None:
         if request.url.path.endswith("/batch"):
             inputs = (await request.json()).get("inputs")
@@ -141,7 +172,9 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> N
                 )
 
     tracing = os.environ.get("LANGSMITH_TRACING", os.environ.get("LANGCHAIN_TRACING_V2", "")).lower() == "true"
-    endpoints: list[Any] = ["invoke", "batch", "stream", "stream_events", "playground", "input_schema", "output_schema"]
+    endpoints: list[Any] = ["invoke", "batch", "stream", "stream_events", "input_schema", "output_schema"]
+    if settings.environment != "production":  # a browser cannot send an API key to the playground
+        endpoints.append("playground")
     add_routes(
         app,
         _traced(app.state.rag_chain, "ticket_rag"),
@@ -151,7 +184,7 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> N
         config_keys=(),
         enabled_endpoints=endpoints + (["feedback"] if tracing else []),
         enable_feedback_endpoint=tracing,
-        dependencies=[Depends(cap_batch)],
+        dependencies=[Depends(scoped), Depends(cap_batch)],
     )
 
     def retrieve(raw: RetrieverInput | dict[str, Any], config: Any) -> list[Document]:
@@ -170,7 +203,7 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> N
         path="/retriever",
         config_keys=(),
         enabled_endpoints=["invoke", "batch", "input_schema", "output_schema"],
-        dependencies=[Depends(cap_batch)],
+        dependencies=[Depends(scoped), Depends(cap_batch)],
     )
 
 

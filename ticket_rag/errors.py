@@ -66,7 +66,11 @@ def register_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
-        headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status_code in (503, 504) else None
+        headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status_code in (503, 504) else {}
+        if exc.status_code == 429:
+            headers["Retry-After"] = str(getattr(exc, "retry_after", 1))
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="ticket-rag"'
         if exc.status_code >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc.detail)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)

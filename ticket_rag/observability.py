@@ -13,6 +13,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ticket_rag.metrics import LATENCY, REQUESTS
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_logger = logging.getLogger("ticket_rag.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -88,14 +90,18 @@ class RequestContextMiddleware:
             logging.getLogger(__name__).exception("error after the response started")
         finally:
             route = scope.get("route")
+            route_path = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
+            REQUESTS.labels(scope["method"], route_path, str(status)).inc()
+            LATENCY.labels(scope["method"], route_path).observe(elapsed)
             access_logger.info(
                 "request",
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
-                    "route": getattr(route, "path", scope["path"]),
+                    "route": route_path,
                     "status": status,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "latency_ms": round(elapsed * 1000, 2),
                     "key_id": scope.get("state", {}).get("key_id"),
                 },
             )

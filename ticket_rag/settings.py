@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-mpnet-base-v2"
@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     cors_origins: list[str] = ["http://localhost:3000", "http://localhost:5173"]
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
+
+    # Security. Anonymous access: unset means allowed in development, refused in production.
+    allow_anonymous: bool | None = None
+    # A bootstrap admin key (create the others with it: POST /admin/keys or `ticket-rag keys create`).
+    admin_api_key: SecretStr | None = None
+    api_key_cache_seconds: float = Field(5.0, ge=0, le=300)
+    # Per key (or client IP for anonymous callers), per API process.
+    rate_limit_per_minute: int = Field(600, ge=0)
+    rate_limit_burst: int = Field(60, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
     data_dir: Path = Path("data")
     cache_dir: Path = Field(default_factory=_default_cache_dir)
@@ -124,6 +134,20 @@ class Settings(BaseSettings):
             raise ValueError("must be 64 hex digits, or empty to skip the check")
         return v
 
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.environment == "production":
+            if "*" in self.cors_origins:
+                raise ValueError("CORS_ORIGINS: '*' is not allowed in production; list the frontend's origins")
+            if self.admin_api_key is not None and len(self.admin_api_key.get_secret_value()) < 24:
+                raise ValueError("ADMIN_API_KEY: use at least 24 random characters in production")
+        return self
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        """Anonymous callers get full access: the development default, and only by ALLOW_ANONYMOUS=true in production."""
+        return self.allow_anonymous if self.allow_anonymous is not None else self.environment == "development"
+
     @property
     def embedded_weaviate(self) -> bool:
         return self.weaviate_url is None
@@ -136,6 +160,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = "_".join(str(p) for p in err["loc"] if isinstance(p, str)).upper() or "?"
-            problems.append(f"{name}: {err['msg']}")
+            name = "_".join(str(p) for p in err["loc"] if isinstance(p, str)).upper()
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}: {msg}" if name else msg)
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

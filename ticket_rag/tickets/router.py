@@ -13,6 +13,7 @@ from langchain_core.runnables import Runnable
 from starlette.concurrency import run_in_threadpool
 
 from chains.rag import RagOutput
+from ticket_rag.security import Admin, Forbidden, Reader, Writer
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.schemas import (
     COLLECTION_PATTERN,
@@ -87,28 +88,36 @@ FiltersDep = Annotated[SearchFilters, Depends(_filters)]
 
 
 @collections.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionPublic)
-def create_collection(body: CollectionCreate, store: StoreDep) -> CollectionPublic:
+def create_collection(body: CollectionCreate, store: StoreDep, who: Admin) -> CollectionPublic:
     """Create a collection: an isolated set of tickets (one help desk, product or customer)."""
+    if not who.can_see(body.name):
+        raise Forbidden(f"this API key may not create collection '{body.name}'")
     store.create_collection(name=body.name)
     return CollectionPublic(name=body.name, ticket_count=0)
 
 
 @collections.get("", response_model=CollectionsPublic)
-def list_collections(store: StoreDep) -> CollectionsPublic:
-    """Every collection, by name."""
-    return CollectionsPublic(data=[CollectionPublic(name=name) for name in store.list_collections()])
+def list_collections(store: StoreDep, who: Reader) -> CollectionsPublic:
+    """Every collection this key may see, by name."""
+    names = [name for name in store.list_collections() if who.can_see(name)]
+    return CollectionsPublic(data=[CollectionPublic(name=name) for name in names])
 
 
 @collections.get("/{name}", response_model=CollectionPublic)
-def get_collection(name: Annotated[str, Path(pattern=COLLECTION_PATTERN)], store: StoreDep) -> CollectionPublic:
+def get_collection(
+    name: Annotated[str, Path(pattern=COLLECTION_PATTERN)], store: StoreDep, who: Reader, settings: SettingsDep
+) -> CollectionPublic:
     """One collection with its ticket count."""
+    name = who.collection(name, settings.default_collection)
     return CollectionPublic(name=name, ticket_count=store.count(collection=name))
 
 
 @collections.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_collection(name: Annotated[str, Path(pattern=COLLECTION_PATTERN)], store: StoreDep) -> Response:
+def delete_collection(
+    name: Annotated[str, Path(pattern=COLLECTION_PATTERN)], store: StoreDep, who: Admin, settings: SettingsDep
+) -> Response:
     """Delete a collection and all of its tickets."""
-    store.delete_collection(name=name)
+    store.delete_collection(name=who.collection(name, settings.default_collection))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -121,9 +130,11 @@ def delete_collection(name: Annotated[str, Path(pattern=COLLECTION_PATTERN)], st
     response_model=TicketCreated,
     responses={200: {"description": "An existing ticket with the same external_id was updated."}},
 )
-def create_ticket(body: TicketCreate, store: StoreDep, settings: SettingsDep, response: Response) -> TicketCreated:
+def create_ticket(
+    body: TicketCreate, store: StoreDep, settings: SettingsDep, response: Response, who: Writer
+) -> TicketCreated:
     """Store a ticket with its embedding; return it with the most similar tickets and possible duplicates."""
-    collection = body.collection or settings.default_collection
+    collection = who.collection(body.collection, settings.default_collection)
     vector = store.embed([embedded_text(body.title, body.description)])[0]
     similar = (
         store.search_by_vector(query_vector=vector, collection=collection, limit=settings.similar_on_create)
@@ -143,12 +154,12 @@ def create_ticket(body: TicketCreate, store: StoreDep, settings: SettingsDep, re
 
 
 @tickets.post("/bulk", response_model=BulkResult)
-def bulk_create(body: BulkRequest, store: StoreDep, settings: SettingsDep) -> BulkResult:
+def bulk_create(body: BulkRequest, store: StoreDep, settings: SettingsDep, who: Writer) -> BulkResult:
     """Store up to BULK_MAX_BATCH tickets in one embedding pass and one Weaviate batch; idempotent by external_id."""
     _cap("body", "tickets", len(body.tickets), settings.bulk_max_batch)
     by_collection: dict[str, list[int]] = {}
     for index, ticket in enumerate(body.tickets):
-        name = ticket.collection or body.collection or settings.default_collection
+        name = who.collection(ticket.collection or body.collection, settings.default_collection)
         by_collection.setdefault(name, []).append(index)
     items: list[BulkItem] = []
     for name, indexes in by_collection.items():
@@ -164,6 +175,7 @@ def list_tickets(
     store: StoreDep,
     settings: SettingsDep,
     filters: FiltersDep,
+    who: Reader,
     collection: CollectionQuery = None,
     offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
     limit: Annotated[int, Query(ge=1)] = 50,
@@ -171,16 +183,16 @@ def list_tickets(
     """A page of tickets, newest first, filtered by priority, status, category, tags and creation time."""
     _cap("query", "limit", limit, settings.page_max_size)
     page = store.list(
-        collection=collection or settings.default_collection, filters=filters, offset=offset, limit=limit
+        collection=who.collection(collection, settings.default_collection), filters=filters, offset=offset, limit=limit
     )
     return TicketsPublic(data=page.tickets, count=page.count, offset=offset, limit=limit)
 
 
 @tickets.post("/search", response_model=SearchResults)
-def search_tickets(body: SearchRequest, store: StoreDep, settings: SettingsDep) -> SearchResults:
+def search_tickets(body: SearchRequest, store: StoreDep, settings: SettingsDep, who: Reader) -> SearchResults:
     """Rank tickets by a query: vector (cosine similarity), keyword (BM25) or hybrid (fused score)."""
     _cap("body", "limit", body.limit, settings.search_max_limit)
-    collection = body.collection or settings.default_collection
+    collection = who.collection(body.collection, settings.default_collection)
     alpha = (body.alpha if body.alpha is not None else settings.hybrid_alpha) if body.mode == "hybrid" else None
     hits = store.search(
         query=body.query, collection=collection, mode=body.mode, limit=body.limit, filters=body.filters,
@@ -190,9 +202,11 @@ def search_tickets(body: SearchRequest, store: StoreDep, settings: SettingsDep) 
 
 
 @tickets.get("/{ticket_id}", response_model=TicketPublic)
-def get_ticket(ticket_id: uuid.UUID, store: StoreDep, settings: SettingsDep, collection: CollectionQuery = None) -> Any:
+def get_ticket(
+    ticket_id: uuid.UUID, store: StoreDep, settings: SettingsDep, who: Reader, collection: CollectionQuery = None
+) -> Any:
     """One ticket."""
-    return store.get(ticket_id=ticket_id, collection=collection or settings.default_collection)
+    return store.get(ticket_id=ticket_id, collection=who.collection(collection, settings.default_collection))
 
 
 @tickets.get("/{ticket_id}/similar", response_model=SearchResults)
@@ -201,12 +215,13 @@ def similar_tickets(
     store: StoreDep,
     settings: SettingsDep,
     filters: FiltersDep,
+    who: Reader,
     collection: CollectionQuery = None,
     limit: Annotated[int, Query(ge=1)] = 5,
 ) -> SearchResults:
     """Tickets most similar to this one (cosine similarity of their vectors), itself excluded."""
     _cap("query", "limit", limit, settings.search_max_limit)
-    name = collection or settings.default_collection
+    name = who.collection(collection, settings.default_collection)
     vector = store.get_vector(ticket_id=ticket_id, collection=name)
     hits = store.search_by_vector(query_vector=vector, collection=name, limit=limit, filters=filters, exclude=ticket_id)
     return SearchResults(query=str(ticket_id), mode="vector", collection=name, results=hits)
@@ -214,28 +229,36 @@ def similar_tickets(
 
 @tickets.patch("/{ticket_id}", response_model=TicketPublic)
 def update_ticket(
-    ticket_id: uuid.UUID, body: TicketUpdate, store: StoreDep, settings: SettingsDep, collection: CollectionQuery = None
+    ticket_id: uuid.UUID,
+    body: TicketUpdate,
+    store: StoreDep,
+    settings: SettingsDep,
+    who: Writer,
+    collection: CollectionQuery = None,
 ) -> TicketPublic:
     """Change some fields; the ticket is re-embedded only when its title or description changes."""
-    ticket, _ = store.update(ticket_id=ticket_id, collection=collection or settings.default_collection, changes=body)
+    name = who.collection(collection, settings.default_collection)
+    ticket, _ = store.update(ticket_id=ticket_id, collection=name, changes=body)
     return ticket
 
 
 @tickets.delete("/{ticket_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_ticket(ticket_id: uuid.UUID, store: StoreDep, settings: SettingsDep, collection: CollectionQuery = None) -> Response:
+def delete_ticket(
+    ticket_id: uuid.UUID, store: StoreDep, settings: SettingsDep, who: Writer, collection: CollectionQuery = None
+) -> Response:
     """Delete a ticket: gone from every search, similar list and answer at once."""
-    store.delete(ticket_id=ticket_id, collection=collection or settings.default_collection)
+    store.delete(ticket_id=ticket_id, collection=who.collection(collection, settings.default_collection))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 
 @tickets.post("/{ticket_id}/suggest", response_model=RagOutput)
 async def suggest_reply(
-    ticket_id: uuid.UUID, request: Request, store: StoreDep, settings: SettingsDep, chain: RagChainDep,
+    ticket_id: uuid.UUID, request: Request, store: StoreDep, settings: SettingsDep, chain: RagChainDep, who: Reader,
     collection: CollectionQuery = None,
 ) -> Any:
     """Suggest a reply to this ticket from similar resolved or closed tickets, through the RAG chain."""
-    name = collection or settings.default_collection
+    name = who.collection(collection, settings.default_collection)
     ticket = await run_in_threadpool(store.get, ticket_id=ticket_id, collection=name)
     question = f"{ticket.title}\n\n{ticket.description}"[:2000]
     inputs = {

@@ -34,6 +34,7 @@ from weaviate.exceptions import (
 )
 
 from ticket_rag.errors import CollectionExists, CollectionNotFound, InvalidRequest, StoreUnavailable, TicketNotFound
+from ticket_rag.metrics import WEAVIATE_ERRORS
 from ticket_rag.tickets.schemas import (
     SearchFilters,
     SearchHit,
@@ -354,8 +355,10 @@ def weaviate_errors(collection: str | None = None) -> Iterator[None]:
     try:
         yield
     except (WeaviateConnectionError, WeaviateTimeoutError, WeaviateClosedClientError) as exc:
+        WEAVIATE_ERRORS.labels(type(exc).__name__).inc()
         raise StoreUnavailable("the vector database is unavailable; try again shortly") from exc
     except (WeaviateQueryError, UnexpectedStatusCodeError) as exc:
+        WEAVIATE_ERRORS.labels(type(exc).__name__).inc()
         if collection is not None and _is_missing_tenant(exc):
             raise CollectionNotFound(f"collection '{collection}' does not exist") from exc
         status = getattr(exc, "status_code", None)

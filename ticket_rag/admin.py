@@ -1,0 +1,39 @@
+"""Admin routes: API keys, and the Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ticket_rag.security import Admin, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, ApiKeyStore
+
+router = APIRouter(tags=["admin"])
+
+
+def _keys(request: Request) -> ApiKeyStore:
+    return request.app.state.api_keys  # type: ignore[no-any-return]
+
+
+@router.post("/admin/keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+def create_key(body: ApiKeyCreate, request: Request, who: Admin) -> ApiKeyCreated:
+    """Create an API key scoped to collections and a role; the key is in this response only."""
+    return _keys(request).create(body=body)
+
+
+@router.get("/admin/keys", response_model=list[ApiKeyPublic])
+def list_keys(request: Request, who: Admin) -> list[ApiKeyPublic]:
+    """Every key, without secrets."""
+    return _keys(request).list()
+
+
+@router.delete("/admin/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_key(key_id: str, request: Request, who: Admin) -> Response:
+    """Revoke a key: refused at once by this process, within API_KEY_CACHE_SECONDS by the others."""
+    _keys(request).revoke(key_id=key_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(who: Admin) -> Response:
+    """Prometheus metrics (admin role when keys are required)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

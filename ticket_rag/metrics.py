@@ -1,0 +1,75 @@
+"""Prometheus metrics: HTTP traffic, embeddings, Weaviate errors, the LLM, rate limiting."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.embeddings import Embeddings
+from langchain_core.outputs import LLMResult
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("ticket_rag_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "ticket_rag_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)  # fmt: skip
+EMBED_SECONDS = Histogram("ticket_rag_embedding_seconds", "Time per embedding call", ["kind"])
+EMBED_BATCH = Histogram(
+    "ticket_rag_embedding_batch_size", "Texts per embedding call", ["kind"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+)
+WEAVIATE_ERRORS = Counter("ticket_rag_weaviate_errors_total", "Weaviate calls that failed", ["kind"])
+LLM_SECONDS = Histogram("ticket_rag_llm_seconds", "LLM call latency", ["model"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60))
+LLM_TOKENS = Counter("ticket_rag_llm_tokens_total", "LLM tokens", ["model", "direction"])
+LLM_ERRORS = Counter("ticket_rag_llm_errors_total", "LLM calls that failed", ["model", "error"])
+RATE_LIMITED = Counter("ticket_rag_rate_limited_total", "Requests refused by the rate limiter")
+
+
+class InstrumentedEmbeddings(Embeddings):
+    """Any Embeddings, timed and counted."""
+
+    def __init__(self, inner: Embeddings) -> None:
+        self.inner = inner
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        started = time.perf_counter()
+        try:
+            return self.inner.embed_documents(texts)
+        finally:
+            EMBED_SECONDS.labels("documents").observe(time.perf_counter() - started)
+            EMBED_BATCH.labels("documents").observe(len(texts))
+
+    def embed_query(self, text: str) -> list[float]:
+        started = time.perf_counter()
+        try:
+            return self.inner.embed_query(text)
+        finally:
+            EMBED_SECONDS.labels("query").observe(time.perf_counter() - started)
+            EMBED_BATCH.labels("query").observe(1)
+
+
+class LLMMetrics(BaseCallbackHandler):
+    """Latency, tokens and errors of every chat-model call."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.started: dict[UUID, float] = {}
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self.started[run_id] = time.perf_counter()
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        started = self.started.pop(run_id, None)
+        if started is not None:
+            LLM_SECONDS.labels(self.model).observe(time.perf_counter() - started)
+        for generations in response.generations:
+            for generation in generations:
+                usage = getattr(getattr(generation, "message", None), "usage_metadata", None) or {}
+                LLM_TOKENS.labels(self.model, "input").inc(usage.get("input_tokens", 0))
+                LLM_TOKENS.labels(self.model, "output").inc(usage.get("output_tokens", 0))
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self.started.pop(run_id, None)
+        LLM_ERRORS.labels(self.model, type(error).__name__).inc()
