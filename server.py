@@ -7,6 +7,8 @@ chain in chains/ -> Weaviate, the embedding model, the LLM.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -19,13 +21,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda
+from langchain_core.callbacks.base import BaseCallbackManager
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableGenerator, RunnableLambda
+from langchain_core.runnables.config import var_child_runnable_config
+from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from langserve import add_routes
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from chains.llm import build_llm, describe_llm
 from chains.prompts import load_prompts
-from chains.rag import ChainOptions, RagInput, RagOutput, build_rag_chain
+from chains.rag import ChainOptions, PlaygroundSchema, RagInput, RagOutput, build_rag_chain
 from chains.retrieval import TicketRetriever, build_vectorstore
 from ticket_rag import admin, health
 from ticket_rag.embeddings import build_embeddings
@@ -44,7 +49,7 @@ logger = logging.getLogger(__name__)
 _DEFAULT_LLM: Any = object()
 
 
-class RetrieverInput(BaseModel):
+class RetrieverInput(PlaygroundSchema):
     query: str = Field(min_length=1, max_length=2000, examples=["How do I reset my password?"])
     collection: CollectionName | None = None
     filters: SearchFilters | None = None
@@ -172,12 +177,14 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> N
                 )
 
     tracing = os.environ.get("LANGSMITH_TRACING", os.environ.get("LANGCHAIN_TRACING_V2", "")).lower() == "true"
-    endpoints: list[Any] = ["invoke", "batch", "stream", "stream_events", "input_schema", "output_schema"]
+    # stream_log and stream_events show only the answer's own chunks (see _outputs_only); the
+    # playground runs on stream_log.
+    endpoints: list[Any] = ["invoke", "batch", "stream", "stream_log", "stream_events", "input_schema", "output_schema"]
     if settings.environment != "production":  # a browser cannot send an API key to the playground
         endpoints.append("playground")
     add_routes(
         app,
-        _traced(app.state.rag_chain, "ticket_rag"),
+        _traced(_outputs_only(app.state.rag_chain), "ticket_rag"),
         path="/rag",
         input_type=RagInput,
         output_type=RagOutput,
@@ -223,3 +230,39 @@ def _traced(runnable: Runnable[Any, Any], name: str) -> Runnable[Any, Any]:
         }
 
     return RunnableBinding(bound=runnable, config_factories=[config])
+
+
+def _outputs_only(chain: Runnable[Any, Any]) -> Runnable[Any, Any]:
+    """The chain as served: its steps stay in traces but not in stream_log / stream_events.
+
+    Those endpoints would otherwise stream every intermediate value to the client, the raw LLM
+    output before it is sanitised included. The inner runs still reach LangSmith and metrics: only
+    the streaming handlers LangChain adds for those two endpoints are kept from them.
+    """
+
+    async def served(inputs: AsyncIterator[Any], config: RunnableConfig) -> AsyncIterator[Any]:
+        callbacks = config.get("callbacks")
+        if isinstance(callbacks, BaseCallbackManager):
+            callbacks = callbacks.copy()
+            callbacks.handlers = [h for h in callbacks.handlers if not isinstance(h, _StreamingCallbackHandler)]
+            callbacks.inheritable_handlers = [
+                h for h in callbacks.inheritable_handlers if not isinstance(h, _StreamingCallbackHandler)
+            ]
+        inner: RunnableConfig = {**config, "callbacks": callbacks}
+        # LangChain also reads the parent's config from a context variable and merges its callbacks
+        # back in; run the inner chain in a context that holds the filtered config instead.
+        context = contextvars.copy_context()
+        context.run(var_child_runnable_config.set, inner)
+        async for item in inputs:
+            chunks = chain.astream(item, inner)
+            try:
+                while True:
+                    try:
+                        chunk = await asyncio.create_task(anext(chunks), context=context)  # type: ignore[arg-type]
+                    except StopAsyncIteration:
+                        break
+                    yield chunk
+            finally:  # close the steps (and end their runs) also when a later step failed
+                await asyncio.create_task(chunks.aclose(), context=context)  # type: ignore[arg-type]
+
+    return RunnableGenerator(served, name="ticket_rag").with_types(input_type=RagInput, output_type=RagOutput)

@@ -35,12 +35,38 @@ OFFLINE_NOTE = "Answered by the offline fallback model ({model}); check the cite
 Question = Annotated[str, StringConstraints(max_length=2000), AfterValidator(clean_text), AfterValidator(not_blank)]
 
 
+def without_nulls(schema: Any) -> Any:
+    """A JSON schema with `anyOf: [X, null]` folded into X: LangServe's playground cannot render nullable fields."""
+    if isinstance(schema, list):
+        return [without_nulls(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: without_nulls(value) for key, value in schema.items()}
+    options = schema.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        others = [option for option in options if option != {"type": "null"}]
+        if len(others) == 1:
+            del schema["anyOf"]
+            schema = {**others[0], **schema}
+            if schema.get("default", 0) is None:
+                del schema["default"]
+    return schema
+
+
+class PlaygroundSchema(BaseModel):
+    """A model whose JSON schema the LangServe playground can render."""
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return without_nulls(super().model_json_schema(*args, **kwargs))  # type: ignore[no-any-return]
+
+
 class ChatTurn(BaseModel):
     role: Literal["human", "ai"]
     content: Annotated[str, StringConstraints(max_length=4000), AfterValidator(clean_text)]
 
 
-class RagInput(BaseModel):
+class RagInput(PlaygroundSchema):
     """What the chain takes: a question, and optionally where to look and the conversation so far."""
 
     question: Question = Field(examples=["How do I reset my password?"])
@@ -62,7 +88,7 @@ class Source(BaseModel):
     resolution: str | None = None
 
 
-class RagOutput(BaseModel):
+class RagOutput(PlaygroundSchema):
     answer: str
     sources: list[Source]
     metadata: dict[str, Any]
@@ -299,7 +325,8 @@ def build_rag_chain(
         return state
 
     async def answer(states: AsyncIterator[dict[str, Any]], config: RunnableConfig) -> AsyncIterator[AddableDict]:
-        async for state in states:
+        # Drain the input first, so the earlier steps' runs end before generation (which may fail) starts.
+        for state in [s async for s in states]:
             yield AddableDict(sources=state["sources"])
             refs = [s["ref"] for s in state["sources"]]
             started = time.perf_counter()
@@ -364,7 +391,7 @@ def build_rag_chain(
         | RunnableLambda(build_context, name="format_context")
         | RunnableGenerator(answer, name="generate_answer")
     )
-    return chain.with_types(input_type=RagInput, output_type=RagOutput).with_config(run_name="ticket_rag")
+    return chain.with_types(input_type=RagInput, output_type=RagOutput).with_config(run_name="rag_pipeline")
 
 
 def _sync_unsupported(state: dict[str, Any]) -> dict[str, Any]:

@@ -293,4 +293,22 @@ def test_playground_and_schemas_are_served(rag: tuple[TestClient, RecordingChatM
     assert client.get("/rag/playground/").status_code == 200
     assert "question" in client.get("/rag/input_schema").text
     assert "sources" in client.get("/rag/output_schema").text
-    assert client.post("/rag/stream_log", json={"input": {"question": "x"}}).status_code == 404
+
+
+
+def test_stream_log_and_events_show_only_sanitised_output(settings: Settings, embeddings: Embeddings) -> None:
+    """The playground's stream_log and stream_events carry the answer's chunks, not the steps' raw values."""
+    llm = RecordingChatModel(responses=["See ![x](https://evil.example/p.png) [T1]."] * 2, prompts=[])
+    with _app(settings, embeddings, llm) as client:
+        _seed(client, PASSWORD)
+        log = client.post("/rag/stream_log", json={"input": {"question": "reset my password"}})
+        events = client.post("/rag/stream_events", json={"input": {"question": "reset my password"}})
+    assert log.status_code == 200 and events.status_code == 200
+    for body in (log.text, events.text):
+        assert "evil.example" not in body
+        assert "data, not instructions" not in body  # the system prompt
+        assert "format_context" not in body and "ChatPromptTemplate" not in body
+    names = {e["name"] for kind, e in _events(events.text) if kind == "data"}
+    assert names == {"ticket_rag"}
+    final = [e for kind, e in _events(log.text) if kind == "data"]
+    assert any("streamed_output" in json.dumps(e) for e in final)

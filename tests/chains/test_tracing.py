@@ -181,7 +181,9 @@ def test_rag_invoke_arrives_as_a_tree_of_named_steps_with_the_request_id(service
     assert (output["metadata"]["request_id"], output["metadata"]["run_id"]) == ("trace-test-123", root["id"])
     assert root["outputs"]["answer"] == answer
 
-    steps = _children(tree, root)
+    [pipeline] = _children(tree, root)  # the served wrapper (see server._outputs_only), then the chain
+    assert pipeline["name"] == "rag_pipeline"
+    steps = _children(tree, pipeline)
     assert [r["name"] for r in steps] == STEPS
     by_name = {r["name"]: r for r in steps}
     [retriever] = _children(tree, by_name["retrieve_tickets"])
@@ -190,7 +192,7 @@ def test_rag_invoke_arrives_as_a_tree_of_named_steps_with_the_request_id(service
     [chat] = _children(tree, by_name["generate_answer"])
     assert (chat["name"], chat["run_type"]) == ("ChatGroq", "llm")
     assert "".join(ANSWER_CHUNKS) in json.dumps(chat["outputs"])
-    assert len(tree) == 1 + len(STEPS) + 2, [r["name"] for r in tree]
+    assert len(tree) == 2 + len(STEPS) + 2, [r["name"] for r in tree]
 
     parents = {r["id"]: r for r in tree}
     for run in tree:
