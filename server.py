@@ -78,6 +78,7 @@ def create_app(
         client, embedded = build_weaviate(settings)
         try:
             app.state.weaviate = client
+            app.state.weaviate_url = embedded.url if embedded is not None else settings.weaviate_url
             app.state.embedded_weaviate = embedded
             app.state.embeddings = InstrumentedEmbeddings(embeddings or build_embeddings(settings))
             app.state.store = TicketStore(

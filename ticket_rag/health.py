@@ -8,6 +8,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from ticket_rag.weaviate_server import is_ready
+
 router = APIRouter(prefix="/health", tags=["health"])
 
 
@@ -37,13 +39,8 @@ async def liveness() -> Health:
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
 def readiness(state: StateDep) -> JSONResponse:
     """Weaviate answers and the embedding model is loaded; 503 naming the failing part otherwise."""
-    weaviate_status = "ok"
-    client = getattr(state, "weaviate", None)
-    try:
-        if client is None or not client.is_ready():
-            weaviate_status = "unreachable"
-    except Exception:
-        weaviate_status = "unreachable"
+    url = getattr(state, "weaviate_url", None)
+    weaviate_status = "ok" if url is not None and is_ready(url, timeout=2.0) else "unreachable"
     embeddings_status = "ok" if getattr(state, "embeddings", None) is not None else "not loaded"
     ready = weaviate_status == "ok" and embeddings_status == "ok"
     body = Readiness(status="ready" if ready else "not ready", weaviate=weaviate_status, embeddings=embeddings_status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import fcntl
 import json
@@ -15,10 +16,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlparse
 
+import grpc
+import grpc.aio
 import weaviate
+import weaviate.connect.v4 as weaviate_v4
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+from weaviate.exceptions import WeaviateRetryError
 
 from ticket_rag.settings import ConfigError, Settings
 
@@ -207,10 +213,46 @@ def is_ready(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+class _BoundedRetry:
+    """weaviate-client retries gRPC UNAVAILABLE with sleeps of 1, 2, 4 … 32 s (over a minute, not configurable).
+
+    A service must answer 503 within its deadline instead, so retries here stop after RETRY_BUDGET
+    seconds. Installed over weaviate.connect.v4._Retry (weaviate-client is pinned; see connect()).
+    """
+
+    budget = 1.0
+
+    def __init__(self, n: float = 4) -> None:
+        self.n = n
+
+    def with_exponential_backoff(self, count: int, error: str, f: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline, delay = time.monotonic() + self.budget, 0.1
+        while True:
+            try:
+                return f(*args, **kwargs)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > deadline:  # type: ignore[attr-defined]
+                    raise WeaviateRetryError(str(exc), count) from exc
+                time.sleep(delay)
+                delay, count = delay * 2, count + 1
+
+    async def awith_exponential_backoff(self, count: int, error: str, f: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline, delay = time.monotonic() + self.budget, 0.1
+        while True:
+            try:
+                return await f(*args, **kwargs)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > deadline:
+                    raise WeaviateRetryError(str(exc), count) from exc
+                await asyncio.sleep(delay)
+                delay, count = delay * 2, count + 1
+
+
 def connect(
     *, url: str, grpc_url: str | None = None, api_key: str | None = None, timeout: float = 10.0
 ) -> weaviate.WeaviateClient:
     """A connected sync client for the Weaviate at url (gRPC on grpc_url, default same host :50051)."""
+    weaviate_v4._Retry = _BoundedRetry  # type: ignore[attr-defined,misc]
     http = urlparse(url)
     http_secure = http.scheme == "https"
     http_port = http.port or (443 if http_secure else 80)

@@ -1,0 +1,176 @@
+"""Faults injected for real on loopback: Weaviate stopped, hung (SIGSTOP) and killed (SIGKILL) under the service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+from server import create_app
+from tests.conftest import LiveServer, make_settings
+from ticket_rag.weaviate_server import EmbeddedWeaviate, free_port
+
+TICKET = {"title": "Password reset link expired", "description": "The reset link says it has expired.", "status": "resolved"}
+
+
+@pytest.fixture()
+def own_weaviate(weaviate_binary: Path, tmp_path: Path) -> Iterator[EmbeddedWeaviate]:
+    """A Weaviate of this test's own, so it can be stopped, hung and killed."""
+    server = EmbeddedWeaviate(binary=weaviate_binary, data_dir=tmp_path / "wv", http_port=free_port(), grpc_port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+
+
+def _client(server: EmbeddedWeaviate, embeddings: Embeddings, **overrides: object) -> TestClient:
+    settings = make_settings(
+        weaviate_url=server.url, weaviate_grpc_url=f"127.0.0.1:{server.grpc_port}", weaviate_timeout=2.0, **overrides
+    )
+    llm = FakeListChatModel(responses=["Send a fresh link [T1]."] * 100)
+    return TestClient(create_app(settings, embeddings=embeddings, llm=llm))
+
+
+def test_stopped_weaviate_gives_fast_503s_and_the_service_recovers(own_weaviate: EmbeddedWeaviate, embeddings: Embeddings) -> None:
+    with _client(own_weaviate, embeddings) as client:
+        ticket = client.post("/tickets/", json=TICKET).json()
+        own_weaviate.stop()
+
+        for method, path, body in [
+            ("POST", "/tickets/search", {"query": "password"}),
+            ("POST", "/tickets/", TICKET),
+            ("GET", f"/tickets/{ticket['id']}", None),
+            ("POST", "/rag/invoke", {"input": {"question": "reset password"}}),
+        ]:
+            started = time.monotonic()
+            response = client.request(method, path, json=body)
+            assert response.status_code == 503, (path, response.status_code, response.text)
+            assert response.headers["retry-after"]
+            assert time.monotonic() - started < 5, path
+        started = time.monotonic()
+        assert client.get("/health").status_code == 200
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["weaviate"] == "unreachable"
+        assert time.monotonic() - started < 5
+
+        own_weaviate.start()
+        deadline = time.monotonic() + 30
+        while client.post("/tickets/search", json={"query": "password"}).status_code != 200:
+            assert time.monotonic() < deadline, "the service did not recover"
+            time.sleep(0.5)
+        assert client.get(f"/tickets/{ticket['id']}").status_code == 200
+        assert client.get("/health/ready").status_code == 200
+
+
+def test_hung_weaviate_gives_503_within_the_deadline(own_weaviate: EmbeddedWeaviate, embeddings: Embeddings) -> None:
+    with _client(own_weaviate, embeddings) as client:
+        client.post("/tickets/", json=TICKET)
+        assert own_weaviate.process is not None
+        os.kill(own_weaviate.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            response = client.post("/tickets/search", json={"query": "password"})
+            elapsed = time.monotonic() - started
+            assert response.status_code == 503, response.text
+            assert elapsed < 8, f"took {elapsed:.1f} s with WEAVIATE_TIMEOUT=2"
+            started = time.monotonic()
+            assert client.get("/health").status_code == 200
+            assert client.get("/health/ready").status_code == 503
+            assert time.monotonic() - started < 5
+        finally:
+            os.kill(own_weaviate.process.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while client.post("/tickets/search", json={"query": "password"}).status_code != 200:
+            assert time.monotonic() < deadline, "the service did not recover"
+            time.sleep(0.5)
+
+
+def test_a_deleted_ticket_stays_deleted_across_a_restart(own_weaviate: EmbeddedWeaviate, embeddings: Embeddings) -> None:
+    with _client(own_weaviate, embeddings) as client:
+        gone = client.post("/tickets/", json=TICKET).json()
+        kept = client.post("/tickets/", json={**TICKET, "title": "Reset email never arrives"}).json()
+        assert client.delete(f"/tickets/{gone['id']}").status_code == 204
+        own_weaviate.stop()
+        own_weaviate.start()
+        deadline = time.monotonic() + 30
+        while (response := client.post("/tickets/search", json={"query": "password reset", "limit": 10})).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert [h["ticket"]["id"] for h in response.json()["results"]] == [kept["id"]]
+        assert client.get(f"/tickets/{gone['id']}").status_code == 404
+        sources = client.post("/rag/invoke", json={"input": {"question": "password reset"}}).json()["output"]["sources"]
+        assert [s["id"] for s in sources] == [kept["id"]]
+
+
+@pytest.mark.slow
+def test_acknowledged_tickets_survive_repeated_sigkill_during_import(
+    own_weaviate: EmbeddedWeaviate, embeddings: Embeddings
+) -> None:
+    """Clients import with retries while Weaviate is SIGKILLed and restarted: every 2xx'd ticket is there, once."""
+    settings = make_settings(
+        weaviate_url=own_weaviate.url, weaviate_grpc_url=f"127.0.0.1:{own_weaviate.grpc_port}", weaviate_timeout=3.0
+    )
+    batches = [
+        [{"title": f"Ticket {b}-{i}", "description": f"Problem {b}-{i} with the VPN", "external_id": f"ext-{b}-{i}"}
+         for i in range(25)]
+        for b in range(60)
+    ]  # fmt: skip
+    acknowledged: set[str] = set()
+    failures: list[int] = []
+    stop = threading.Event()
+
+    def importer(server: LiveServer, mine: list[list[dict[str, str]]]) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            for batch in mine:
+                for _ in range(60):  # retry the same batch (same external ids) until it is acknowledged
+                    try:
+                        response = http.post("/tickets/bulk", json={"tickets": batch})
+                    except httpx.HTTPError:
+                        response = None
+                    if response is not None and response.status_code == 200:
+                        acknowledged.update(t["external_id"] for t in batch)
+                        break
+                    if response is not None:
+                        failures.append(response.status_code)
+                    time.sleep(0.5)
+
+    def killer() -> None:
+        for _ in range(3):
+            if stop.wait(6):
+                return
+            assert own_weaviate.process is not None
+            os.kill(own_weaviate.process.pid, signal.SIGKILL)
+            own_weaviate.process.wait()
+            own_weaviate.stop()
+            own_weaviate.start()
+
+    with LiveServer(create_app(settings, embeddings=embeddings)) as server:
+        workers = [threading.Thread(target=importer, args=(server, batches[k::2])) for k in range(2)]
+        chaos = threading.Thread(target=killer)
+        for thread in (*workers, chaos):
+            thread.start()
+        for thread in workers:
+            thread.join(timeout=900)
+        stop.set()
+        chaos.join()
+        assert len(acknowledged) == 60 * 25, f"{len(acknowledged)} acknowledged; failures {failures[:10]}"
+        assert set(failures) <= {503, 504}, failures
+        assert httpx.get(f"{server.url}/collections/default").json()["ticket_count"] == 60 * 25
+        seen: set[str] = set()
+        offset = 0
+        while page := httpx.get(f"{server.url}/tickets/", params={"limit": 200, "offset": offset}).json()["data"]:
+            seen.update(t["external_id"] for t in page)
+            offset += 200
+        assert seen == acknowledged
