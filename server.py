@@ -36,6 +36,7 @@ from ticket_rag import admin, health
 from ticket_rag.embeddings import build_embeddings
 from ticket_rag.errors import register_error_handlers
 from ticket_rag.metrics import InstrumentedEmbeddings, LLMMetrics
+from ticket_rag.query_embeddings import QueryEmbeddings
 from ticket_rag.observability import RequestContextMiddleware, request_id_var
 from ticket_rag.security import ApiKeyStore, Gatekeeper, RateLimiter, Role, caller, collections_in
 from ticket_rag.settings import Settings, load_settings
@@ -80,7 +81,9 @@ def create_app(
             app.state.weaviate = client
             app.state.weaviate_url = embedded.url if embedded is not None else settings.weaviate_url
             app.state.embedded_weaviate = embedded
-            app.state.embeddings = InstrumentedEmbeddings(embeddings or build_embeddings(settings))
+            app.state.embeddings = QueryEmbeddings(
+                InstrumentedEmbeddings(embeddings or build_embeddings(settings)), cache_size=settings.query_cache_size
+            )
             app.state.store = TicketStore(
                 client=client, embeddings=app.state.embeddings, class_name=settings.weaviate_class
             )

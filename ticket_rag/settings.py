@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     # Expected sha256 of model.safetensors for a local model; empty to skip the check.
     embedding_sha256: str = DEFAULT_MODEL_SHA256
     embedding_batch_size: int = Field(32, ge=1, le=1024)
+    # Query vectors kept for repeated queries (0 turns the cache off).
+    query_cache_size: int = Field(4096, ge=0, le=1_000_000)
 
     default_collection: str = "default"
 

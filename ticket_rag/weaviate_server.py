@@ -73,6 +73,7 @@ class EmbeddedWeaviate:
         grpc_port: int,
         host: str = "127.0.0.1",
         startup_timeout: float = 90.0,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.binary = binary
         self.data_dir = data_dir.resolve()
@@ -80,6 +81,8 @@ class EmbeddedWeaviate:
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.startup_timeout = startup_timeout
+        # Added to (and overriding) the environment below, e.g. the settings of a multi-node cluster.
+        self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self._lock_fh: object | None = None
 
@@ -148,6 +151,7 @@ class EmbeddedWeaviate:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "warning",
             "GOMAXPROCS": os.environ.get("GOMAXPROCS", str(os.cpu_count() or 2)),
+            **self.extra_env,
         }
         log_path = self.data_dir / "weaviate.log"
         log = log_path.open("ab")
