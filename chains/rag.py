@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 from chains.prompts import Prompts
 from chains.retrieval import TicketRetriever
 from ticket_rag.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from ticket_rag.redaction import keep
 from ticket_rag.tickets.schemas import CollectionName, SearchFilters, clean_text, not_blank
 
 NO_TICKETS_ANSWER = (
@@ -105,6 +106,8 @@ class ChainOptions:
     model: str | None = None
     provider: str | None = None
     offline_fallback: bool = False
+    # Applied to the question and to the ticket text the LLM sees (ticket_rag.redaction.redact with REDACT_PII).
+    redact: Callable[[str], str] = keep
 
 
 # --- the steps -----------------------------------------------------------------------------------
@@ -118,7 +121,7 @@ def normalise_question(inputs: RagInput | dict[str, Any], options: ChainOptions)
         raise InvalidRequest(f"k: at most {options.max_k} tickets can be retrieved")
     if len(data.chat_history) > options.max_history:
         raise InvalidRequest(f"chat_history: at most {options.max_history} turns are accepted")
-    text = unicodedata.normalize("NFKC", data.question)
+    text = unicodedata.normalize("NFKC", options.redact(data.question))
     text = "".join(c if unicodedata.category(c)[0] != "C" else " " for c in text)
     return {
         "started": time.perf_counter(),
@@ -148,23 +151,23 @@ def _snippet(text: str, limit: int) -> str:
 _DELIMITERS = re.compile(r"</?\s*tickets?\b[^>]*>", re.I)
 
 
-def _as_data(text: str, limit: int) -> str:
-    """Ticket text as inert data: our delimiters neutralised, shortened."""
-    return _snippet(_DELIMITERS.sub("[removed tag]", text), limit)
+def _as_data(text: str, limit: int, redact: Callable[[str], str] = keep) -> str:
+    """Ticket text as inert data: our delimiters neutralised, shortened (and redacted when asked)."""
+    return _snippet(_DELIMITERS.sub("[removed tag]", redact(text)), limit)
 
 
-def format_context(docs: list[Document], *, limit: int) -> str:
+def format_context(docs: list[Document], *, limit: int, redact: Callable[[str], str] = keep) -> str:
     """Each ticket in its own delimited block with its reference, status and resolution."""
     blocks = []
     for n, doc in enumerate(docs, start=1):
         meta = doc.metadata
         lines = [
             f'<ticket ref="T{n}" status="{meta.get("status") or "unknown"}" priority="{meta.get("priority") or "unknown"}">',
-            f"Title: {_as_data(meta.get('title') or '', 300)}",
-            f"Problem: {_as_data(doc.page_content, limit)}",
+            f"Title: {_as_data(meta.get('title') or '', 300, redact)}",
+            f"Problem: {_as_data(doc.page_content, limit, redact)}",
         ]
         if meta.get("resolution"):
-            lines.append(f"Resolution: {_as_data(meta['resolution'], limit)}")
+            lines.append(f"Resolution: {_as_data(meta['resolution'], limit, redact)}")
         lines.append("</ticket>")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
@@ -320,7 +323,7 @@ def build_rag_chain(
         return state
 
     def build_context(state: dict[str, Any]) -> dict[str, Any]:
-        state["context"] = format_context(state["docs"], limit=context_limit)
+        state["context"] = format_context(state["docs"], limit=context_limit, redact=options.redact)
         state["sources"] = to_sources(state["docs"])
         return state
 
