@@ -37,6 +37,7 @@ from ticket_rag.embeddings import build_embeddings
 from ticket_rag.errors import register_error_handlers
 from ticket_rag.metrics import InstrumentedEmbeddings, LLMMetrics
 from ticket_rag.query_embeddings import QueryEmbeddings
+from ticket_rag.redaction import RedactingEmbeddings, keep, redact
 from ticket_rag.observability import RequestContextMiddleware, request_id_var
 from ticket_rag.security import ApiKeyStore, Gatekeeper, RateLimiter, Role, caller, collections_in
 from ticket_rag.settings import Settings, load_settings
@@ -81,12 +82,14 @@ def create_app(
             app.state.weaviate = client
             app.state.weaviate_url = embedded.url if embedded is not None else settings.weaviate_url
             app.state.embedded_weaviate = embedded
+            model = InstrumentedEmbeddings(embeddings or build_embeddings(settings))
             app.state.embeddings = QueryEmbeddings(
-                InstrumentedEmbeddings(embeddings or build_embeddings(settings)), cache_size=settings.query_cache_size
+                RedactingEmbeddings(model) if settings.redact_pii else model, cache_size=settings.query_cache_size
             )
             app.state.store = TicketStore(
-                client=client, embeddings=app.state.embeddings, class_name=settings.weaviate_class
-            )
+                client=client, embeddings=app.state.embeddings, class_name=settings.weaviate_class,
+                replication_factor=settings.weaviate_replication_factor, consistency=settings.weaviate_consistency,
+            )  # fmt: skip
             app.state.store.ensure_schema(default_collection=settings.default_collection)
             app.state.api_keys = ApiKeyStore(
                 client=client, class_name=f"{settings.weaviate_class}ApiKey", cache_seconds=settings.api_key_cache_seconds
@@ -148,6 +151,7 @@ def create_app(
             model=model,
             provider=provider,
             offline_fallback=offline,
+            redact=redact if settings.redact_pii else keep,
         ),
         collection_exists=lambda name: app.state.store.collection_exists(name=name),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -147,6 +148,22 @@ class WeaviateCluster:
             time.sleep(0.5)
         raise RuntimeError(f"the cluster did not reach {expected} healthy nodes: {last}")
 
+    def leader(self) -> int:
+        """The node that leads the Raft (schema) cluster now, as the running nodes see it."""
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            for i in self.running():
+                try:
+                    with urllib.request.urlopen(f"{self.url(i)}/v1/cluster/statistics", timeout=5) as resp:
+                        stats = json.loads(resp.read())["statistics"]
+                except OSError:
+                    continue
+                leaders = {s.get("leaderId") for s in stats} - {None, ""}
+                if len(leaders) == 1:
+                    return int(leaders.pop().removeprefix("node")) - 1
+            time.sleep(0.5)
+        raise RuntimeError("the cluster has no Raft leader")
+
     def running(self) -> list[int]:
         return [i for i, node in enumerate(self.nodes) if node.process is not None and node.process.poll() is None]
 
@@ -176,3 +193,85 @@ class WeaviateCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class TcpBalancer:
+    """A round-robin TCP load balancer on loopback, standing in for nginx / a Kubernetes Service.
+
+    Each new connection goes to the next backend that accepts it; a connection whose backend dies
+    is closed, so the client reconnects and lands on a live one. Enough for HTTP and gRPC (one
+    HTTP/2 connection per client, balanced per connection, as nginx's stream module does).
+    """
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._next = 0
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self.backend_of: dict[int, int] = {}  # backend port -> live connections to it
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with self._lock:
+            start, self._next = self._next, self._next + 1
+        for k in range(len(self.ports)):
+            port = self.ports[(start + k) % len(self.ports)]
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), timeout=1)
+            except OSError:
+                continue
+            upstream.settimeout(None)
+            break
+        else:
+            client.close()
+            return
+        with self._lock:
+            self._open |= {client, upstream}
+            self.backend_of[port] = self.backend_of.get(port, 0) + 1
+
+        def pipe(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            for end in (src, dst):  # one side gone: end both, so the client reconnects elsewhere
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
+        back.start()
+        pipe(client, upstream)
+        back.join()
+        client.close()
+        upstream.close()
+        with self._lock:
+            self._open -= {client, upstream}
+            self.backend_of[port] -= 1
+
+    def close(self) -> None:
+        self._server.close()
+        with self._lock:
+            for s in list(self._open):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> TcpBalancer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

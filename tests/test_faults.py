@@ -125,7 +125,7 @@ def test_acknowledged_tickets_survive_repeated_sigkill_during_import(
     batches = [
         [{"title": f"Ticket {b}-{i}", "description": f"Problem {b}-{i} with the VPN", "external_id": f"ext-{b}-{i}"}
          for i in range(25)]
-        for b in range(60)
+        for b in range(48)
     ]  # fmt: skip
     acknowledged: set[str] = set()
     failures: list[int] = []
@@ -134,7 +134,9 @@ def test_acknowledged_tickets_survive_repeated_sigkill_during_import(
     def importer(server: LiveServer, mine: list[list[dict[str, str]]]) -> None:
         with httpx.Client(base_url=server.url, timeout=60) as http:
             for batch in mine:
-                for _ in range(60):  # retry the same batch (same external ids) until it is acknowledged
+                for _ in range(60):
+                    if chaos_errors:
+                        return  # retry the same batch (same external ids) until it is acknowledged
                     try:
                         response = http.post("/tickets/bulk", json={"tickets": batch})
                     except httpx.HTTPError:
@@ -146,15 +148,23 @@ def test_acknowledged_tickets_survive_repeated_sigkill_during_import(
                         failures.append(response.status_code)
                     time.sleep(0.5)
 
+    chaos_errors: list[BaseException] = []
+
     def killer() -> None:
-        for _ in range(3):
-            if stop.wait(6):
-                return
-            assert own_weaviate.process is not None
-            os.kill(own_weaviate.process.pid, signal.SIGKILL)
-            own_weaviate.process.wait()
-            own_weaviate.stop()
-            own_weaviate.start()
+        try:
+            for _ in range(3):
+                if stop.wait(6):
+                    return
+                process = own_weaviate.process
+                assert process is not None
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+                print(f"Weaviate SIGKILLed with {len(acknowledged)} tickets acknowledged", flush=True)
+                own_weaviate.stop()
+                own_weaviate.start()
+        except BaseException as exc:  # the test fails on it below, instead of hanging
+            chaos_errors.append(exc)
+            stop.set()
 
     with LiveServer(create_app(settings, embeddings=embeddings)) as server:
         workers = [threading.Thread(target=importer, args=(server, batches[k::2])) for k in range(2)]
@@ -165,9 +175,10 @@ def test_acknowledged_tickets_survive_repeated_sigkill_during_import(
             thread.join(timeout=900)
         stop.set()
         chaos.join()
-        assert len(acknowledged) == 60 * 25, f"{len(acknowledged)} acknowledged; failures {failures[:10]}"
+        assert not chaos_errors, chaos_errors
+        assert len(acknowledged) == 48 * 25, f"{len(acknowledged)} acknowledged; failures {failures[:10]}"
         assert set(failures) <= {503, 504}, failures
-        assert httpx.get(f"{server.url}/collections/default").json()["ticket_count"] == 60 * 25
+        assert httpx.get(f"{server.url}/collections/default").json()["ticket_count"] == 48 * 25
         seen: set[str] = set()
         offset = 0
         while page := httpx.get(f"{server.url}/tickets/", params={"limit": 200, "offset": offset}).json()["data"]:

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(600, ge=0)
     rate_limit_burst: int = Field(60, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Replace email addresses and phone numbers before text is embedded or sent to the LLM.
+    redact_pii: bool = False
 
     data_dir: Path = Path("data")
     cache_dir: Path = Field(default_factory=_default_cache_dir)
@@ -63,6 +65,11 @@ class Settings(BaseSettings):
     weaviate_timeout: float = Field(10.0, gt=0, le=600)
     # The Weaviate collection that holds every ticket; ticket-rag collections are its tenants.
     weaviate_class: str = "Ticket"
+    # A multi-node Weaviate (docs/scaling.md): copies of each collection, applied when ticket-rag creates its
+    # Weaviate collections; at most the number of Weaviate nodes. Each tenant is one shard, placed by Weaviate.
+    weaviate_replication_factor: int = Field(1, ge=1, le=100)
+    # Replicas that must answer each read and write: ONE, QUORUM (a majority) or ALL.
+    weaviate_consistency: Literal["ONE", "QUORUM", "ALL"] = "QUORUM"
 
     embedding_model: str = DEFAULT_MODEL_ID
     # Expected sha256 of model.safetensors for a local model; empty to skip the check.

@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 import weaviate
 from langchain_core.embeddings import Embeddings
-from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
+from weaviate.classes.config import (
+    ConsistencyLevel,
+    Configure,
+    DataType,
+    Property,
+    ReplicationDeletionStrategy,
+    Tokenization,
+    VectorDistances,
+)
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery, Sort
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
@@ -99,10 +107,14 @@ class TicketStore:
         client: weaviate.WeaviateClient,
         embeddings: Embeddings,
         class_name: str,
+        replication_factor: int = 1,
+        consistency: str = "QUORUM",
     ) -> None:
         self.client = client
         self.embeddings = embeddings
         self.class_name = class_name
+        self.replication_factor = replication_factor
+        self.consistency = ConsistencyLevel(consistency)
 
     # --- schema and collections ------------------------------------------------------------------
 
@@ -120,6 +132,14 @@ class TicketStore:
                         enabled=True, auto_tenant_creation=False, auto_tenant_activation=True
                     ),
                     inverted_index_config=Configure.inverted_index(index_null_state=True),
+                    # Async replication (anti-entropy) is on by default for a factor > 1 since Weaviate 1.38.
+                    # A delete and a write to the same ticket conflict when a replica missed one of them: the
+                    # later one wins, so a ticket deleted while a node was down stays deleted when it returns,
+                    # and a ticket re-imported (same external_id, same id) after a delete comes back as it should.
+                    replication_config=Configure.replication(
+                        factor=self.replication_factor,
+                        deletion_strategy=ReplicationDeletionStrategy.TIME_BASED_RESOLUTION,
+                    ),
                     properties=[
                         Property(name="title", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
                         Property(name="description", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
@@ -139,7 +159,7 @@ class TicketStore:
 
     @property
     def _collection(self) -> Collection[Any, Any]:
-        return self.client.collections.use(self.class_name)
+        return self.client.collections.use(self.class_name).with_consistency_level(self.consistency)
 
     def _tenant(self, collection: str) -> Collection[Any, Any]:
         return self._collection.with_tenant(collection)
