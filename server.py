@@ -82,9 +82,10 @@ def create_app(
             app.state.weaviate = client
             app.state.weaviate_url = embedded.url if embedded is not None else settings.weaviate_url
             app.state.embedded_weaviate = embedded
-            model = InstrumentedEmbeddings(embeddings or build_embeddings(settings))
-            app.state.embeddings = QueryEmbeddings(
-                RedactingEmbeddings(model) if settings.redact_pii else model, cache_size=settings.query_cache_size
+            model = embeddings or build_embeddings(settings)
+            # Outermost: the metrics see what callers wait for (cache hits and shared passes included).
+            app.state.embeddings = InstrumentedEmbeddings(
+                QueryEmbeddings(RedactingEmbeddings(model) if settings.redact_pii else model, cache_size=settings.query_cache_size)
             )
             app.state.store = TicketStore(
                 client=client, embeddings=app.state.embeddings, class_name=settings.weaviate_class,
