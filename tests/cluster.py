@@ -27,13 +27,15 @@ from typing import Any
 from ticket_rag.weaviate_server import EmbeddedWeaviate, free_port, port_in_use
 
 
-def _free_port_pair() -> int:
-    """A free port p whose neighbour p + 1 is free too (Raft, and its internal RPC in localhost mode)."""
+def _free_ports(taken: set[int], *, pair: bool = False) -> int:
+    """A free port not in taken (with pair, p + 1 free too: Raft, and its internal RPC in localhost mode)."""
     for _ in range(200):
         port = free_port()
-        if port < 65535 and not port_in_use(port + 1):
+        wanted = {port, port + 1} if pair else {port}
+        if not wanted & taken and max(wanted) <= 65535 and not (pair and port_in_use(port + 1)):
+            taken |= wanted
             return port
-    raise RuntimeError("no two consecutive free ports on 127.0.0.1")
+    raise RuntimeError("no free ports on 127.0.0.1")
 
 
 class _Node(EmbeddedWeaviate):
@@ -69,8 +71,9 @@ class WeaviateCluster:
         self.size = size
         self.startup_timeout = startup_timeout
         names = [f"node{i + 1}" for i in range(size)]
-        gossip = [free_port() for _ in names]
-        raft = [_free_port_pair() for _ in names]
+        taken: set[int] = set()
+        gossip = [_free_ports(taken) for _ in names]
+        raft = [_free_ports(taken, pair=True) for _ in names]
         join = ",".join(f"127.0.0.1:{port}" for port in gossip)
         raft_join = ",".join(f"{name}:{port}" for name, port in zip(names, raft, strict=True))
         self.nodes: list[_Node] = []
@@ -79,7 +82,7 @@ class WeaviateCluster:
                 "CLUSTER_HOSTNAME": name,
                 "CLUSTER_IN_LOCALHOST": "true",
                 "CLUSTER_GOSSIP_BIND_PORT": str(gossip[i]),
-                "CLUSTER_DATA_BIND_PORT": str(free_port()),
+                "CLUSTER_DATA_BIND_PORT": str(_free_ports(taken)),
                 # every node lists every seed, so a restarted node finds the others whichever one it was
                 "CLUSTER_JOIN": join,
                 "RAFT_PORT": str(raft[i]),
@@ -94,8 +97,8 @@ class WeaviateCluster:
                 _Node(
                     binary=binary,
                     data_dir=root / name,
-                    http_port=free_port(),
-                    grpc_port=free_port(),
+                    http_port=_free_ports(taken),
+                    grpc_port=_free_ports(taken),
                     startup_timeout=startup_timeout,
                     extra_env=env,
                 )

@@ -132,10 +132,11 @@ class TicketStore:
                         enabled=True, auto_tenant_creation=False, auto_tenant_activation=True
                     ),
                     inverted_index_config=Configure.inverted_index(index_null_state=True),
-                    # Async replication (anti-entropy) is on by default for a factor > 1 since Weaviate 1.38.
-                    # A delete and a write to the same ticket conflict when a replica missed one of them: the
-                    # later one wins, so a ticket deleted while a node was down stays deleted when it returns,
-                    # and a ticket re-imported (same external_id, same id) after a delete comes back as it should.
+                    # Each tenant is one shard, so the shard count is not ours to set (docs/scaling.md). Async
+                    # replication is on by default for a factor > 1 since Weaviate 1.38. When a replica missed a
+                    # delete or a write, the later one wins: a ticket deleted while a node was down stays deleted
+                    # when it returns, and one re-imported (same external_id, same id) after a delete stays too
+                    # (DeleteOnConflict would delete it again; NoAutomatedResolution leaves stale copies).
                     replication_config=Configure.replication(
                         factor=self.replication_factor,
                         deletion_strategy=ReplicationDeletionStrategy.TIME_BASED_RESOLUTION,
