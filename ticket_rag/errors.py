@@ -42,6 +42,26 @@ class InvalidRequest(DomainError):
     status_code = 422
 
 
+class Unauthorized(DomainError):
+    """No API key, or one that is unknown or revoked."""
+
+    status_code = 401
+
+
+class Forbidden(DomainError):
+    """The key lacks the role the route needs."""
+
+    status_code = 403
+
+
+class RateLimited(DomainError):
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class StoreUnavailable(DomainError):
     """Weaviate cannot be reached or did not answer in time."""
 
@@ -67,8 +87,8 @@ def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
         headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status_code in (503, 504) else {}
-        if exc.status_code == 429:
-            headers["Retry-After"] = str(getattr(exc, "retry_after", 1))
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(exc.retry_after)
         if exc.status_code == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="ticket-rag"'
         if exc.status_code >= 500:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from weaviate.classes.config import DataType, Property, Tokenization
 from weaviate.classes.query import Filter
 
-from ticket_rag.errors import CollectionNotFound, DomainError, NotFound
+from ticket_rag.errors import CollectionNotFound, Forbidden, NotFound, RateLimited, Unauthorized
 from ticket_rag.metrics import RATE_LIMITED
 from ticket_rag.tickets.schemas import COLLECTION_PATTERN
 from ticket_rag.tickets.store import weaviate_errors
@@ -41,22 +41,6 @@ class Role(IntEnum):
     read = 1
     write = 2
     admin = 3
-
-
-class Unauthorized(DomainError):
-    status_code = 401
-
-
-class Forbidden(DomainError):
-    status_code = 403
-
-
-class RateLimited(DomainError):
-    status_code = 429
-
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from langchain_core.runnables import Runnable
 from starlette.concurrency import run_in_threadpool
 
 from chains.rag import RagOutput
-from ticket_rag.security import Admin, Forbidden, Reader, Writer
+from ticket_rag.errors import Forbidden
+from ticket_rag.security import Admin, Reader, Writer
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.schemas import (
     COLLECTION_PATTERN,
