@@ -49,7 +49,7 @@ OnnxVariant = Literal["onnx-fp32", "onnx-int8"]
 VARIANTS: tuple[str, ...] = get_args(OnnxVariant)
 MAX_SEQ_LENGTH = 384  # all-mpnet-base-v2's sentence_bert_config.json
 # Padded tokens per forward pass (see _batches).
-MAX_BATCH_TOKENS = 1536
+MAX_BATCH_TOKENS = 1024
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 # Bump when the export recipe changes what is produced: the cache key includes it.
@@ -375,6 +375,7 @@ class OnnxEmbeddings(Embeddings):
         batch_size: int = 32,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
         threads: int | None = None,
+        spin: bool = False,
         max_seq_length: int = MAX_SEQ_LENGTH,
     ) -> None:
         import onnxruntime as ort
@@ -384,8 +385,9 @@ class OnnxEmbeddings(Embeddings):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle workers spinning for the next op take CPU from Weaviate and the web server beside us.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Workers spinning while idle take CPU from Weaviate and the web server beside us; spinning
+        # saves ~4 ms on a one-query call (measured int8 p50 18.6 ms without, 14.3 ms with).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.log_severity_level = 3
         self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         self._tokenizer = _tokenizer(tokenizer_dir, max_seq_length)
@@ -411,7 +413,7 @@ class OnnxEmbeddings(Embeddings):
         start = 0
         while start < len(order):
             # Up to batch_size texts, and no more padded tokens than max_batch_tokens: small batches of long
-            # texts keep the attention tensors in cache (measured: 4 abstracts per batch ran ~35% faster than 32).
+            # texts keep the attention tensors in cache (measured: batches of ~1,000 tokens ran 20-35% faster than 32 abstracts).
             width = int(lengths[order[start]])
             end = start + 1
             while end < len(order) and end - start < self.batch_size:
