@@ -93,7 +93,8 @@ def create_app(
             )  # fmt: skip
             app.state.store.ensure_schema(default_collection=settings.default_collection)
             app.state.api_keys = ApiKeyStore(
-                client=client, class_name=f"{settings.weaviate_class}ApiKey", cache_seconds=settings.api_key_cache_seconds
+                client=client, class_name=f"{settings.weaviate_class}ApiKey", cache_seconds=settings.api_key_cache_seconds,
+                replication_factor=settings.weaviate_replication_factor,
             )
             app.state.api_keys.ensure_schema()
             app.state.vectorstore = build_vectorstore(

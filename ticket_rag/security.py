@@ -24,7 +24,7 @@ import weaviate
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
-from weaviate.classes.config import DataType, Property, Tokenization
+from weaviate.classes.config import Configure, DataType, Property, ReplicationDeletionStrategy, Tokenization
 from weaviate.classes.query import Filter
 
 from ticket_rag.errors import CollectionNotFound, Forbidden, NotFound, RateLimited, Unauthorized
@@ -104,10 +104,13 @@ class _Cached:
 class ApiKeyStore:
     """Keys in a Weaviate collection of their own, looked up through a short in-process cache."""
 
-    def __init__(self, *, client: weaviate.WeaviateClient, class_name: str, cache_seconds: float = 5.0) -> None:
+    def __init__(
+        self, *, client: weaviate.WeaviateClient, class_name: str, cache_seconds: float = 5.0, replication_factor: int = 1
+    ) -> None:
         self.client = client
         self.class_name = class_name
         self.cache_seconds = cache_seconds
+        self.replication_factor = replication_factor
         self._cache: dict[str, _Cached] = {}
         self._lock = threading.Lock()
 
@@ -119,6 +122,13 @@ class ApiKeyStore:
             self.client.collections.create(
                 self.class_name,
                 description="ticket-rag API keys (hashed)",
+                # One shard on as many nodes as the tickets: by default Weaviate spreads the keys over one
+                # unreplicated shard per node, and while any node is down no key could be looked up.
+                sharding_config=Configure.sharding(desired_count=1),
+                replication_config=Configure.replication(
+                    factor=self.replication_factor,
+                    deletion_strategy=ReplicationDeletionStrategy.TIME_BASED_RESOLUTION,
+                ),
                 properties=[
                     Property(name="key_id", **field_text),
                     Property(name="secret_hash", data_type=DataType.TEXT, index_filterable=False, index_searchable=False),
