@@ -295,7 +295,8 @@ def main() -> int:
         "",
         f"Run: `.venv/bin/python -m bench.run{' --quick' if args.quick else ''}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"commit {commit}, {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}; "
-        f"embedding backend: torch fp32 (sentence-transformers). Sizes: {json.dumps(size)}.",
+        f"embedding backend: {settings.embedding_backend} (EMBEDDING_BACKEND; the naive reference always runs "
+        f"sentence-transformers on torch). Sizes: {json.dumps(size)}.",
         "",
         "| section | measure | result | comparison (same run) |",
         "| --- | --- | --- | --- |",

@@ -1,25 +1,29 @@
-"""The embedding model: all-mpnet-base-v2 through langchain-huggingface, loaded once from local files."""
+"""The embedding model: all-mpnet-base-v2, loaded once from local files, on torch or ONNX Runtime."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from typing import cast
 
+from langchain_core.embeddings import Embeddings
 from langchain_huggingface import HuggingFaceEmbeddings
 
-from ticket_rag.artifacts import resolve_model
-from ticket_rag.settings import ConfigError, Settings
+from ticket_rag.artifacts import MODEL_ALIASES, resolve_model
+from ticket_rag.settings import DEFAULT_MODEL_SHA256, ConfigError, Settings
 
 logger = logging.getLogger(__name__)
 
 
-def build_embeddings(settings: Settings) -> HuggingFaceEmbeddings:
-    """Load the sentence-transformers model (mean pooling, L2-normalised vectors) on the CPU."""
+def build_embeddings(settings: Settings) -> Embeddings:
+    """Load the embedding model (mean pooling, L2-normalised vectors) on the CPU, with EMBEDDING_BACKEND's runtime."""
     model = resolve_model(
         settings.embedding_model, cache_dir=settings.cache_dir, expected_sha256=settings.embedding_sha256
     )
     local = Path(model).is_dir()
+    if settings.embedding_backend != "torch":
+        return _build_onnx(settings, model, settings.embedding_backend, local=local)
     if local:
         # A local folder must never fall back to a model hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,6 +39,24 @@ def build_embeddings(settings: Settings) -> HuggingFaceEmbeddings:
     except Exception as exc:
         raise ConfigError(f"EMBEDDING_MODEL {model} could not be loaded: {type(exc).__name__}: {exc}") from exc
     logger.info("loaded embedding model %s (%d dimensions)", model, embedding_dimension(embeddings))
+    return embeddings
+
+
+def _build_onnx(settings: Settings, model: str, backend: str, *, local: bool) -> Embeddings:
+    from ticket_rag.onnx_embeddings import OnnxVariant, build_onnx_embeddings
+
+    if not local:
+        raise ConfigError(f"EMBEDDING_BACKEND={backend} needs a local model folder, and EMBEDDING_MODEL {model} is a hub id")
+    # resolve_model has just checked the weights against this hash (the default model always against its own).
+    source = DEFAULT_MODEL_SHA256 if settings.embedding_model in MODEL_ALIASES else settings.embedding_sha256
+    embeddings = build_onnx_embeddings(
+        Path(model),
+        settings.cache_dir,
+        cast(OnnxVariant, backend),
+        source_sha256=source or None,
+        batch_size=settings.embedding_batch_size,
+    )
+    logger.info("loaded embedding model %s on %s (%d dimensions)", model, backend, embedding_dimension(embeddings))
     return embeddings
 
 

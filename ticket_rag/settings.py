@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # Expected sha256 of model.safetensors for a local model; empty to skip the check.
     embedding_sha256: str = DEFAULT_MODEL_SHA256
     embedding_batch_size: int = Field(32, ge=1, le=1024)
+    # The runtime that computes vectors from the same weights: torch (sentence-transformers, fp32), or ONNX
+    # Runtime in fp32 (the same vectors, faster) or int8 (fastest; docs/benchmarks-embeddings.md). The ONNX
+    # graphs are exported from the verified weights into CACHE_DIR/onnx/ on first use.
+    embedding_backend: Literal["torch", "onnx-fp32", "onnx-int8"] = "torch"
     # Query vectors kept for repeated queries (0 turns the cache off).
     query_cache_size: int = Field(4096, ge=0, le=1_000_000)
 
