@@ -30,7 +30,7 @@ from weaviate.classes.query import Filter
 from ticket_rag.errors import CollectionNotFound, Forbidden, NotFound, RateLimited, Unauthorized
 from ticket_rag.metrics import RATE_LIMITED
 from ticket_rag.tickets.schemas import COLLECTION_PATTERN
-from ticket_rag.tickets.store import weaviate_errors
+from ticket_rag.tickets.store import warn_if_replication_differs, weaviate_errors
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class ApiKeyStore:
     def ensure_schema(self) -> None:
         with weaviate_errors():
             if self.client.collections.exists(self.class_name):
+                warn_if_replication_differs(self.client, self.class_name, self.replication_factor)
                 return
             field_text = {"data_type": DataType.TEXT, "tokenization": Tokenization.FIELD, "index_searchable": False}
             self.client.collections.create(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from ticket_rag.settings import Settings
@@ -69,3 +70,19 @@ def test_bulk_into_several_collections(client: TestClient) -> None:
     assert response.status_code == 200
     assert client.get("/collections/one").json()["ticket_count"] == 1
     assert client.get("/collections/default").json()["ticket_count"] == 1
+
+
+def test_a_changed_replication_factor_is_reported_not_applied(
+    client: TestClient, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An existing collection keeps its factor (changing it moves shards); the start-up log says so."""
+    from ticket_rag.tickets.store import TicketStore
+    from ticket_rag.weaviate_server import connect
+
+    assert settings.weaviate_url is not None
+    with connect(url=settings.weaviate_url, grpc_url=settings.weaviate_grpc_url) as wv:
+        store = TicketStore(client=wv, embeddings=client.app.state.embeddings, class_name=settings.weaviate_class, replication_factor=3)
+        with caplog.at_level("WARNING", logger="ticket_rag.tickets.store"):
+            store.ensure_schema(default_collection="default")
+        assert wv.collections.use(settings.weaviate_class).config.get().replication_config.factor == 1
+    assert "keeps replication factor 1; WEAVIATE_REPLICATION_FACTOR=3" in caplog.text

@@ -155,6 +155,8 @@ class TicketStore:
                     ],
                 )  # fmt: skip
                 logger.info("created Weaviate collection %s", self.class_name)
+            else:
+                warn_if_replication_differs(self.client, self.class_name, self.replication_factor)
             if not self._collection.tenants.exists(default_collection):
                 self._collection.tenants.create([Tenant(name=default_collection)])
 
@@ -368,6 +370,20 @@ class TicketStore:
         return hits
 
     # --- helpers ------------------------------------------------------------------------------------
+
+
+def warn_if_replication_differs(client: weaviate.WeaviateClient, class_name: str, factor: int) -> None:
+    """Log once at start-up when an existing collection keeps another replication factor than WEAVIATE_REPLICATION_FACTOR.
+
+    Weaviate fixes the factor when a collection is created; ticket-rag does not change it on a live
+    collection (that moves every shard), so the operator must (docs/scaling.md).
+    """
+    actual = client.collections.use(class_name).config.get().replication_config.factor
+    if actual != factor:
+        logger.warning(
+            "Weaviate collection %s keeps replication factor %d; WEAVIATE_REPLICATION_FACTOR=%d applies only to "
+            "collections created from now on (docs/scaling.md)", class_name, actual, factor,
+        )  # fmt: skip
 
 
 @contextmanager
