@@ -43,7 +43,8 @@ from ticket_rag.security import ApiKeyStore, Gatekeeper, RateLimiter, Role, call
 from ticket_rag.settings import Settings, load_settings
 from ticket_rag.tickets import router as tickets_router
 from ticket_rag.tickets.schemas import CollectionName, SearchFilters
-from ticket_rag.tickets.store import TicketStore
+from ticket_rag.tickets.keywords import KeywordAnalyzer, keyword_properties
+from ticket_rag.tickets.store import build_ticket_store
 from ticket_rag.weaviate_server import build_weaviate
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,7 @@ def create_app(
             app.state.embeddings = InstrumentedEmbeddings(
                 QueryEmbeddings(RedactingEmbeddings(model) if settings.redact_pii else model, cache_size=settings.query_cache_size)
             )
-            app.state.store = TicketStore(
-                client=client, embeddings=app.state.embeddings, class_name=settings.weaviate_class,
-                replication_factor=settings.weaviate_replication_factor, consistency=settings.weaviate_consistency,
-            )  # fmt: skip
+            app.state.store = build_ticket_store(settings=settings, client=client, embeddings=app.state.embeddings)
             app.state.store.ensure_schema(default_collection=settings.default_collection)
             app.state.api_keys = ApiKeyStore(
                 client=client, class_name=f"{settings.weaviate_class}ApiKey", cache_seconds=settings.api_key_cache_seconds,
@@ -137,8 +135,9 @@ def create_app(
     app.include_router(admin.router)
 
     retriever = TicketRetriever(
-        vectorstore=lambda: app.state.vectorstore, k=settings.rag_k, alpha=settings.rag_alpha
-    ).with_config(run_name="weaviate_retriever")
+        vectorstore=lambda: app.state.vectorstore, k=settings.rag_k, alpha=settings.rag_alpha,
+        analyzer=KeywordAnalyzer(settings.keyword_stemmer), keyword_properties=keyword_properties(settings.keyword_title_boost),
+    ).with_config(run_name="weaviate_retriever")  # fmt: skip
     app.state.rag_chain = build_rag_chain(
         retriever=retriever,  # type: ignore[arg-type]
         llm=llm,

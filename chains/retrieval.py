@@ -12,8 +12,9 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from langchain_weaviate import WeaviateVectorStore
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
+from ticket_rag.tickets.keywords import KeywordAnalyzer, keyword_properties
 from ticket_rag.tickets.schemas import SearchFilters
 from ticket_rag.tickets.store import weaviate_errors, weaviate_filter
 
@@ -32,7 +33,9 @@ class TicketRetriever(BaseRetriever):
 
     langchain-weaviate runs every search as a Weaviate hybrid query and returns the fused score;
     we pass alpha (1 = pure vector) and the vectors, and give each document its cosine
-    similarity to the question, a score that means the same thing for every question.
+    similarity to the question, a score that means the same thing for every question. The
+    keyword part (alpha < 1) matches the question's stemmed words against the tickets' stemmed
+    terms, exactly as POST /tickets/search in hybrid mode does.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -41,6 +44,8 @@ class TicketRetriever(BaseRetriever):
     vectorstore: Callable[[], WeaviateVectorStore]
     k: int = 5
     alpha: float = 1.0
+    analyzer: KeywordAnalyzer = Field(default_factory=KeywordAnalyzer)
+    keyword_properties: list[str] = Field(default_factory=keyword_properties)
 
     def _get_relevant_documents(
         self,
@@ -57,7 +62,7 @@ class TicketRetriever(BaseRetriever):
         vector = store.embeddings.embed_query(query)
         with weaviate_errors(collection):
             docs = store.similarity_search(
-                query,
+                self.analyzer.terms(query),  # only the keyword part reads it: the vector is given
                 k=k or self.k,
                 tenant=collection,
                 alpha=self.alpha,
@@ -66,6 +71,7 @@ class TicketRetriever(BaseRetriever):
                 include_vector=True,
                 return_uuids=True,
                 return_properties=list(RETURNED),
+                query_properties=self.keyword_properties,
             )
         query_vector = np.asarray(vector, dtype=np.float32)
         for doc in docs:

@@ -1,4 +1,4 @@
-"""The `ticket-rag` command: serve, setup, import, eval."""
+"""The `ticket-rag` command: serve, setup, import, eval, reindex."""
 
 from __future__ import annotations
 
@@ -122,6 +122,32 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    """Recompute the keyword terms of stored tickets (after an upgrade, or after KEYWORD_STEMMER changed)."""
+    from ticket_rag.errors import CollectionNotFound, StoreUnavailable
+    from ticket_rag.tickets.keywords import KeywordAnalyzer
+    from ticket_rag.tickets.store import reindex_keywords
+    from ticket_rag.weaviate_server import build_weaviate
+
+    client, embedded = build_weaviate(settings)
+    try:
+        if not client.collections.exists(settings.weaviate_class):
+            raise ConfigError(f"no Weaviate collection {settings.weaviate_class}: nothing to reindex")
+        names = args.collection or sorted(client.collections.use(settings.weaviate_class).tenants.get())
+        analyzer = KeywordAnalyzer(settings.keyword_stemmer)
+        for name in names:
+            try:
+                count = reindex_keywords(client, class_name=settings.weaviate_class, analyzer=analyzer, collection=name)
+            except (CollectionNotFound, StoreUnavailable) as exc:
+                raise ConfigError(f"reindex of {name} stopped: {exc}") from None
+            print(f"{name}: {count} tickets reindexed ({settings.keyword_stemmer} stemming)")
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ticket-rag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="the embedded Weaviate's data folder (default: a temporary one)")
     ev.add_argument("--batch-size", type=int, default=64, help="documents per upsert_many call")
     ev.set_defaults(func=cmd_eval)
+    rx = sub.add_parser(
+        "reindex", help="recompute stored tickets' keyword terms (stop an embedded-mode service first; vectors are kept)"
+    )
+    rx.add_argument("--collection", action="append", default=None, help="only this collection (repeatable; default: all)")
+    rx.set_defaults(func=cmd_reindex)
     return parser
 
 

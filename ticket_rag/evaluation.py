@@ -47,7 +47,7 @@ from tqdm import tqdm
 from ticket_rag.embedding_cache import CachedEmbeddings
 from ticket_rag.settings import ConfigError, Settings
 from ticket_rag.tickets.schemas import COLLECTION_PATTERN, SearchMode, TicketCreate, not_blank
-from ticket_rag.tickets.store import TicketStore, embedded_text
+from ticket_rag.tickets.store import TicketStore, build_ticket_store, embedded_text
 from ticket_rag.weaviate_server import build_weaviate, free_port
 
 logger = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ def run_eval(
         if embedded is not None:
             stack.callback(embedded.stop)
         stack.callback(client.close)
-        store = TicketStore(client=client, embeddings=cached, class_name=settings.weaviate_class)
+        store = build_ticket_store(settings=settings, client=client, embeddings=cached)
         store.ensure_schema(default_collection=settings.default_collection)
 
         name = collection or _collection_name(dataset.name)

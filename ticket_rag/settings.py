@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     page_max_size: int = Field(200, ge=1, le=10000)
     bulk_max_batch: int = Field(500, ge=1, le=10000)
     hybrid_alpha: float = Field(0.5, ge=0, le=1)
+    # Keyword (BM25) search matches stemmed words (Snowball); after changing the stemmer run `ticket-rag reindex`.
+    keyword_stemmer: str = "english"
+    # Weight of a title word against a description word in keyword search.
+    keyword_title_boost: float = Field(1.0, gt=0, le=10)
 
     # The RAG chain
     rag_k: int = Field(5, ge=1, le=50)
@@ -137,6 +141,16 @@ class Settings(BaseSettings):
     def _check_class(cls, v: str) -> str:
         if not re.match(r"^[A-Z][A-Za-z0-9_]{0,63}$", v):
             raise ValueError("must be a Weaviate class name: a capital letter, then letters, digits or _")
+        return v
+
+    @field_validator("keyword_stemmer")
+    @classmethod
+    def _check_stemmer(cls, v: str) -> str:
+        from ticket_rag.tickets.keywords import stemmer_languages
+
+        v = v.strip().lower()
+        if v not in stemmer_languages():
+            raise ValueError(f"must be one of {', '.join(stemmer_languages())}")
         return v
 
     @field_validator("embedding_sha256")

@@ -43,6 +43,8 @@ from weaviate.exceptions import (
 
 from ticket_rag.errors import CollectionExists, CollectionNotFound, InvalidRequest, StoreUnavailable, TicketNotFound
 from ticket_rag.metrics import WEAVIATE_ERRORS
+from ticket_rag.settings import Settings
+from ticket_rag.tickets.keywords import DESCRIPTION_TERMS, TITLE_TERMS, KeywordAnalyzer, keyword_properties
 from ticket_rag.tickets.schemas import (
     SearchFilters,
     SearchHit,
@@ -58,6 +60,9 @@ logger = logging.getLogger(__name__)
 TICKET_NAMESPACE = uuid.UUID("5f0b7c1e-3f0e-4d5a-9a57-7e1c2b9d8a10")
 EMBEDDED_FIELDS = ("title", "description")
 _TEXT_FIELDS = ("title", "description", "priority", "status", "category", "tags", "resolution", "external_id")
+# What a ticket is read back with (not its keyword terms).
+_PUBLIC_PROPERTIES = [*_TEXT_FIELDS, "created_at", "updated_at"]
+_TERM_PROPERTIES = (TITLE_TERMS, DESCRIPTION_TERMS)
 
 
 def ticket_uuid(collection: str, external_id: str | None) -> uuid.UUID:
@@ -109,10 +114,15 @@ class TicketStore:
         class_name: str,
         replication_factor: int = 1,
         consistency: str = "QUORUM",
+        analyzer: KeywordAnalyzer | None = None,
+        title_boost: float = 1.0,
     ) -> None:
         self.client = client
         self.embeddings = embeddings
         self.class_name = class_name
+        self.analyzer = analyzer or KeywordAnalyzer()
+        # BM25 runs on the stemmed terms; the title's weight against the description's (KEYWORD_TITLE_BOOST).
+        self.keyword_properties = keyword_properties(title_boost)
         self.replication_factor = replication_factor
         self.consistency = ConsistencyLevel(consistency)
 
@@ -144,6 +154,7 @@ class TicketStore:
                     properties=[
                         Property(name="title", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
                         Property(name="description", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+                        *_term_properties(),
                         Property(name="resolution", data_type=DataType.TEXT, index_searchable=False),
                         Property(name="priority", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
                         Property(name="status", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
@@ -157,6 +168,11 @@ class TicketStore:
                 logger.info("created Weaviate collection %s", self.class_name)
             else:
                 warn_if_replication_differs(self.client, self.class_name, self.replication_factor)
+                if add_missing_term_properties(self.client, self.class_name):
+                    logger.warning(
+                        "added keyword term properties to Weaviate collection %s: keyword and hybrid search find the "
+                        "tickets stored before only after `ticket-rag reindex`", self.class_name,
+                    )  # fmt: skip
             if not self._collection.tenants.exists(default_collection):
                 self._collection.tenants.create([Tenant(name=default_collection)])
 
@@ -225,14 +241,12 @@ class TicketStore:
             created_at = ticket.created_at or existing.get(ticket_id) or now
             props = _properties(ticket.model_dump(exclude={"collection", "created_at"}))
             props.update(created_at=_aware(created_at), updated_at=now)
-            objects.append(weaviate.classes.data.DataObject(properties=props, uuid=ticket_id, vector=vector))
             public = _public(ticket_id, collection, props)
+            props.update(self.analyzer.properties(title=ticket.title, description=ticket.description))
+            objects.append(weaviate.classes.data.DataObject(properties=props, uuid=ticket_id, vector=vector))
             results.append(Upserted(ticket=public, created=ticket_id not in existing))
         with weaviate_errors(collection):
-            outcome = self._tenant(collection).data.insert_many(objects)
-        if outcome.has_errors:
-            first = next(iter(outcome.errors.values()))
-            raise StoreUnavailable(f"Weaviate refused {len(outcome.errors)} of {len(objects)} tickets: {first.message}")
+            _replace(self._tenant(collection), objects)
         return results
 
     def _created_at_of(self, ids: list[uuid.UUID], collection: str) -> dict[uuid.UUID, datetime]:
@@ -255,7 +269,9 @@ class TicketStore:
 
     def _get_object(self, ticket_id: uuid.UUID, collection: str, *, include_vector: bool) -> Any:
         with weaviate_errors(collection):
-            obj = self._tenant(collection).query.fetch_object_by_id(ticket_id, include_vector=include_vector)
+            obj = self._tenant(collection).query.fetch_object_by_id(
+                ticket_id, include_vector=include_vector, return_properties=_PUBLIC_PROPERTIES
+            )
         if obj is None:
             raise TicketNotFound(f"ticket {ticket_id} not found in collection '{collection}'")
         return obj
@@ -271,6 +287,8 @@ class TicketStore:
         now = datetime.now(UTC)
         props = _properties(patch)
         props["updated_at"] = now
+        if "title" in patch or "description" in patch:
+            props.update(self.analyzer.properties(title=merged.title, description=merged.description))
         with weaviate_errors(collection):
             self._tenant(collection).data.update(uuid=ticket_id, properties=props, vector=vector)
         return merged.model_copy(update={"updated_at": now}), vector is not None
@@ -290,6 +308,7 @@ class TicketStore:
                 offset=offset,
                 limit=limit,
                 sort=Sort.by_property("created_at", ascending=False),
+                return_properties=_PUBLIC_PROPERTIES,
             )
         tickets = [_public(o.uuid, collection, o.properties) for o in result.objects]
         return Page(tickets=tickets, count=self.count(collection=collection, filters=filters))
@@ -330,21 +349,25 @@ class TicketStore:
         """The search itself, for callers that already hold the query vector."""
         where = weaviate_filter(filters, exclude=exclude)
         tenant = self._tenant(collection)
+        terms = self.analyzer.terms(query)
         with weaviate_errors(collection):
             if mode == "vector":
                 result = tenant.query.near_vector(
-                    near_vector=query_vector, limit=limit, filters=where, return_metadata=MetadataQuery(distance=True)
-                )
+                    near_vector=query_vector, limit=limit, filters=where, return_metadata=MetadataQuery(distance=True),
+                    return_properties=_PUBLIC_PROPERTIES,
+                )  # fmt: skip
             elif mode == "keyword":
+                if not terms:  # only stopwords or punctuation: no keyword can match
+                    return []
                 result = tenant.query.bm25(
-                    query=query, query_properties=["title^2", "description"], limit=limit, filters=where,
-                    include_vector=True, return_metadata=MetadataQuery(score=True),
+                    query=terms, query_properties=self.keyword_properties, limit=limit, filters=where,
+                    include_vector=True, return_metadata=MetadataQuery(score=True), return_properties=_PUBLIC_PROPERTIES,
                 )  # fmt: skip
             else:
                 result = tenant.query.hybrid(
-                    query=query, vector=query_vector, alpha=alpha, fusion_type=HybridFusion.RELATIVE_SCORE,
-                    query_properties=["title^2", "description"], limit=limit, filters=where, include_vector=True,
-                    return_metadata=MetadataQuery(score=True, explain_score=True),
+                    query=terms, vector=query_vector, alpha=alpha, fusion_type=HybridFusion.RELATIVE_SCORE,
+                    query_properties=self.keyword_properties, limit=limit, filters=where, include_vector=True,
+                    return_metadata=MetadataQuery(score=True, explain_score=True), return_properties=_PUBLIC_PROPERTIES,
                 )  # fmt: skip
         qv = np.asarray(query_vector, dtype=np.float32)
         hits = []
@@ -370,6 +393,66 @@ class TicketStore:
         return hits
 
     # --- helpers ------------------------------------------------------------------------------------
+
+
+def build_ticket_store(*, settings: Settings, client: weaviate.WeaviateClient, embeddings: Embeddings) -> TicketStore:
+    """The ticket store as the settings configure it."""
+    return TicketStore(
+        client=client, embeddings=embeddings, class_name=settings.weaviate_class,
+        replication_factor=settings.weaviate_replication_factor, consistency=settings.weaviate_consistency,
+        analyzer=KeywordAnalyzer(settings.keyword_stemmer), title_boost=settings.keyword_title_boost,
+    )  # fmt: skip
+
+
+def add_missing_term_properties(client: weaviate.WeaviateClient, class_name: str) -> bool:
+    """Give a collection created before keyword terms existed their properties; True if any were added."""
+    collection = client.collections.use(class_name)
+    have = {p.name for p in collection.config.get().properties}
+    missing = [p for p in _term_properties() if p.name not in have]
+    for prop in missing:
+        collection.config.add_property(prop)
+    return bool(missing)
+
+
+def reindex_keywords(
+    client: weaviate.WeaviateClient, *, class_name: str, analyzer: KeywordAnalyzer, collection: str, batch_size: int = 500
+) -> int:
+    """Recompute the keyword terms of every ticket in a collection, keeping its vector; returns how many.
+
+    For tickets stored before keyword terms existed, or after KEYWORD_STEMMER changed. Each batch
+    rewrites whole tickets, so run it while nothing else writes to the collection.
+    """
+    tenant = client.collections.use(class_name).with_tenant(collection)
+    done, batch = 0, []
+    with weaviate_errors(collection):
+        add_missing_term_properties(client, class_name)
+        for obj in tenant.iterator(include_vector=True, return_properties=_PUBLIC_PROPERTIES):
+            props = {k: v for k, v in obj.properties.items() if v is not None}
+            props.update(analyzer.properties(title=props.get("title", ""), description=props.get("description", "")))
+            batch.append(weaviate.classes.data.DataObject(properties=props, uuid=obj.uuid, vector=obj.vector["default"]))
+            if len(batch) >= batch_size:
+                done += _replace(tenant, batch)
+                batch = []
+        if batch:
+            done += _replace(tenant, batch)
+    return done
+
+
+def _replace(tenant: Collection[Any, Any], objects: list[Any]) -> int:
+    """Insert (or replace, by id) the objects in one gRPC batch; all must succeed."""
+    outcome = tenant.data.insert_many(objects)
+    if outcome.has_errors:
+        first = next(iter(outcome.errors.values()))
+        raise StoreUnavailable(f"Weaviate refused {len(outcome.errors)} of {len(objects)} tickets: {first.message}")
+    return len(objects)
+
+
+def _term_properties() -> list[Property]:
+    """The stemmed words of title and description, for BM25 only (keywords.py)."""
+    return [
+        Property(name=name, data_type=DataType.TEXT, tokenization=Tokenization.WORD, index_filterable=False, skip_vectorization=True)
+        for name in _TERM_PROPERTIES
+    ]
 
 
 def warn_if_replication_differs(client: weaviate.WeaviateClient, class_name: str, factor: int) -> None:
