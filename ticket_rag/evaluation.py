@@ -281,6 +281,28 @@ class ModeResult:
     metrics: dict[str, float] = field(default_factory=dict)
     query_p50_ms: float = 0.0
     query_p95_ms: float = 0.0
+    # nDCG@10 of each query, by query id: for paired comparisons between runs and for choosing alpha.
+    per_query_ndcg_at_10: dict[str, float] = field(default_factory=dict)
+
+
+def cross_validate_alpha(results: Sequence[ModeResult]) -> dict[str, Any] | None:
+    """Choose the hybrid alpha on half of the queries and score it on the other half, both ways round.
+
+    Queries are split by position (even, odd). Choosing alpha on the same queries that report it
+    would flatter the result; the held-out score is what a new set of queries can expect.
+    """
+    hybrids = [r for r in results if r.alpha is not None and r.per_query_ndcg_at_10]
+    if len(hybrids) < 2:
+        return None
+    ids = list(hybrids[0].per_query_ndcg_at_10)
+    folds = [ids[0::2], ids[1::2]]
+    chosen, held_out = [], []
+    for test, train in (folds, folds[::-1]):
+        best = max(hybrids, key=lambda r: _mean([r.per_query_ndcg_at_10[q] for q in train]))
+        scores = [best.per_query_ndcg_at_10[q] for q in test]
+        chosen.append({"alpha": best.alpha, "chosen_on": len(train), "tested_on": len(test), "ndcg_at_10": round(_mean(scores), 4)})
+        held_out += scores
+    return {"folds": chosen, "held_out_ndcg_at_10": round(_mean(held_out), 4)}
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -366,7 +388,8 @@ def run_eval(
             "queries_evaluated": len(queries),
             "judgements": sum(len(j) for j in dataset.qrels.values()),
         },
-        "model": {"name": settings.embedding_model, "cache_key": cached.cache.path.parent.name},
+        "model": {"name": settings.embedding_model, "backend": settings.embedding_backend, "cache_key": cached.cache.path.parent.name},
+        "keyword": {"stemmer": settings.keyword_stemmer, "title_boost": settings.keyword_title_boost},
         "weaviate": {
             "server": settings.weaviate_url or "embedded",
             "class": settings.weaviate_class,
@@ -377,6 +400,7 @@ def run_eval(
         "ingest": ingest,
         "search": {"depth": DEPTH, "embed_query_p50_ms": _ms(embed_seconds, 50)},
         "modes": {r.mode: asdict(r) for r in results},
+        "alpha_selection": cross_validate_alpha(results),
         "published": PUBLISHED.get(dataset.name.lower(), []) if limit_queries is None else [],
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -468,6 +492,7 @@ def _search(
                 metrics={m: round(_mean([s[m] for s in scores]), 4) for m in METRICS},
                 query_p50_ms=_ms(seconds[mode.label], 50),
                 query_p95_ms=_ms(seconds[mode.label], 95),
+                per_query_ndcg_at_10={q: round(s["ndcg_at_10"], 6) for (q, _), s in zip(queries, scores, strict=True)},
             )
         )
     return results, embed_seconds
@@ -512,6 +537,17 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         "Hybrid is Weaviate's relative-score fusion; `hybrid:0.7` weighs the vector part 0.7. Query times are "
         "TicketStore.search round trips with the query vector already computed.",
     ]
+    selection = report.get("alpha_selection")
+    if selection:
+        folds = "; ".join(
+            f"chosen on {f['chosen_on']} queries: alpha {f['alpha']:g}, nDCG@10 {f['ndcg_at_10']:.4f} on the other {f['tested_on']}"
+            for f in selection["folds"]
+        )
+        lines += ["", f"Alpha by 2-fold cross-validation over the queries ({folds}): held-out nDCG@10 "
+                      f"**{selection['held_out_ndcg_at_10']:.4f}**."]  # fmt: skip
+    model, keyword = report["model"], report.get("keyword") or {}
+    lines += ["", f"Embedding backend `{model.get('backend', 'torch')}`; keyword stemmer `{keyword.get('stemmer', 'none')}`, "
+                  f"title boost {keyword.get('title_boost', 2)}."]  # fmt: skip
     if ing["altered"]:
         lines += ["", f"{len(ing['altered'])} documents were not mapped as plain title/text; see `results.json`."]
     lines += ["", f"Run {report['started_at']} to {report['finished_at']}.", ""]
