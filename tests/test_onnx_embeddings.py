@@ -17,6 +17,7 @@ import pytest
 from langchain_core.embeddings import Embeddings
 
 from ticket_rag.artifacts import ensure_default_model
+from ticket_rag.embeddings import build_embeddings
 from ticket_rag.onnx_embeddings import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -75,8 +76,14 @@ def onnx_int8(model_dir: Path) -> OnnxEmbeddings:
 
 
 @pytest.fixture(scope="module")
-def torch_vectors(embeddings: Embeddings) -> np.ndarray:
-    return np.array(embeddings.embed_documents(TEXTS))
+def torch_embeddings() -> Embeddings:
+    """sentence-transformers on torch, whatever EMBEDDING_BACKEND defaults to: the reference."""
+    return build_embeddings(make_settings(embedding_backend="torch"))
+
+
+@pytest.fixture(scope="module")
+def torch_vectors(torch_embeddings: Embeddings) -> np.ndarray:
+    return np.array(torch_embeddings.embed_documents(TEXTS))
 
 
 def _rows_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -149,10 +156,10 @@ RETRIEVAL_QUERIES = [
 
 
 @pytest.mark.parametrize("variant", ["onnx_fp32", "onnx_int8"])
-def test_rankings_agree_with_torch(variant: str, request: pytest.FixtureRequest, embeddings: Embeddings) -> None:
+def test_rankings_agree_with_torch(variant: str, request: pytest.FixtureRequest, torch_embeddings: Embeddings) -> None:
     """A tiny retrieval: fp32 ranks exactly as torch; int8 finds the same best ticket, with scores within 0.02."""
     backend: OnnxEmbeddings = request.getfixturevalue(variant)
-    expected = _scores(embeddings, RETRIEVAL_QUERIES, RETRIEVAL_DOCS)
+    expected = _scores(torch_embeddings, RETRIEVAL_QUERIES, RETRIEVAL_DOCS)
     actual = _scores(backend, RETRIEVAL_QUERIES, RETRIEVAL_DOCS)
     assert list(expected.argmax(axis=1)) == [0, 1, 2, 3, 4]
     assert list(actual.argmax(axis=1)) == [0, 1, 2, 3, 4]
@@ -212,18 +219,18 @@ def test_unknown_variant_is_a_config_error(model_dir: Path, tmp_path: Path) -> N
         ensure_onnx_model(model_dir, tmp_path, "onnx-fp16", source_sha256=DEFAULT_MODEL_SHA256)  # type: ignore[arg-type]
 
 
-def test_each_backend_has_its_own_embedding_cache(onnx_fp32: OnnxEmbeddings, onnx_int8: OnnxEmbeddings, embeddings: Embeddings) -> None:
+def test_each_backend_has_its_own_embedding_cache(
+    onnx_fp32: OnnxEmbeddings, onnx_int8: OnnxEmbeddings, torch_embeddings: Embeddings
+) -> None:
     """Document vectors cached for one backend are never served for another."""
     from ticket_rag.embedding_cache import model_key
 
     settings = make_settings()
-    keys = {model_key(settings, e) for e in (embeddings, onnx_fp32, onnx_int8)}
+    keys = {model_key(settings, e) for e in (torch_embeddings, onnx_fp32, onnx_int8)}
     assert len(keys) == 3
 
 
 def test_build_embeddings_selects_the_backend(onnx_int8: OnnxEmbeddings) -> None:
-    from ticket_rag.embeddings import build_embeddings
-
     built = build_embeddings(make_settings(embedding_backend="onnx-int8"))
     assert isinstance(built, OnnxEmbeddings) and built.variant == "onnx-int8"
     np.testing.assert_allclose(built.embed_query("VPN drops"), onnx_int8.embed_query("VPN drops"), atol=1e-6)

@@ -14,13 +14,14 @@ logger = logging.getLogger("ticket_rag")
 
 def _prepare(settings: Settings) -> None:
     """Fetch and verify what the service needs before it starts: Weaviate, the embedding model, the local LLM."""
-    from ticket_rag.artifacts import ensure_weaviate_binary, resolve_model
+    from ticket_rag.artifacts import ensure_weaviate_binary
+    from ticket_rag.embeddings import prepare_embeddings
 
     if settings.embedded_weaviate and settings.weaviate_binary is None:
         ensure_weaviate_binary(settings.cache_dir, settings.weaviate_version)
     if settings.embedded_weaviate and settings.weaviate_binary is not None and not settings.weaviate_binary.is_file():
         raise ConfigError(f"WEAVIATE_BINARY: no file at {settings.weaviate_binary}")
-    resolve_model(settings.embedding_model, cache_dir=settings.cache_dir, expected_sha256=settings.embedding_sha256)
+    prepare_embeddings(settings)
     from chains.llm import describe_llm
     from ticket_rag.local_llm_artifacts import ensure_smollm2
 

@@ -21,9 +21,9 @@ def build_embeddings(settings: Settings) -> Embeddings:
     model = resolve_model(
         settings.embedding_model, cache_dir=settings.cache_dir, expected_sha256=settings.embedding_sha256
     )
-    local = Path(model).is_dir()
     if settings.embedding_backend != "torch":
-        return _build_onnx(settings, model, settings.embedding_backend, local=local)
+        return _build_onnx(settings, model)
+    local = Path(model).is_dir()
     if local:
         # A local folder must never fall back to a model hub.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,21 +42,46 @@ def build_embeddings(settings: Settings) -> Embeddings:
     return embeddings
 
 
-def _build_onnx(settings: Settings, model: str, backend: str, *, local: bool) -> Embeddings:
+def prepare_embeddings(settings: Settings) -> None:
+    """Fetch and verify the weights and, for an ONNX backend, export them (first run only) without loading the model."""
+    model = resolve_model(
+        settings.embedding_model, cache_dir=settings.cache_dir, expected_sha256=settings.embedding_sha256
+    )
+    if settings.embedding_backend != "torch":
+        from ticket_rag.onnx_embeddings import OnnxVariant, ensure_onnx_model
+
+        _check_local(settings, model)
+        ensure_onnx_model(
+            Path(model), settings.cache_dir, cast(OnnxVariant, settings.embedding_backend), source_sha256=_source_sha256(settings)
+        )
+
+
+def _check_local(settings: Settings, model: str) -> None:
+    if not Path(model).is_dir():
+        raise ConfigError(
+            f"EMBEDDING_BACKEND={settings.embedding_backend} needs a local model folder, and EMBEDDING_MODEL {model} is a hub id"
+        )
+
+
+def _source_sha256(settings: Settings) -> str | None:
+    # resolve_model has just checked the weights against this hash (the default model always against its own).
+    return (DEFAULT_MODEL_SHA256 if settings.embedding_model in MODEL_ALIASES else settings.embedding_sha256) or None
+
+
+def _build_onnx(settings: Settings, model: str) -> Embeddings:
     from ticket_rag.onnx_embeddings import OnnxVariant, build_onnx_embeddings
 
-    if not local:
-        raise ConfigError(f"EMBEDDING_BACKEND={backend} needs a local model folder, and EMBEDDING_MODEL {model} is a hub id")
-    # resolve_model has just checked the weights against this hash (the default model always against its own).
-    source = DEFAULT_MODEL_SHA256 if settings.embedding_model in MODEL_ALIASES else settings.embedding_sha256
+    _check_local(settings, model)
     embeddings = build_onnx_embeddings(
         Path(model),
         settings.cache_dir,
-        cast(OnnxVariant, backend),
-        source_sha256=source or None,
+        cast(OnnxVariant, settings.embedding_backend),
+        source_sha256=_source_sha256(settings),
         batch_size=settings.embedding_batch_size,
     )
-    logger.info("loaded embedding model %s on %s (%d dimensions)", model, backend, embedding_dimension(embeddings))
+    logger.info(
+        "loaded embedding model %s on %s (%d dimensions)", model, settings.embedding_backend, embedding_dimension(embeddings)
+    )
     return embeddings
 
 
