@@ -11,11 +11,11 @@ import asyncio
 import contextvars
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from langchain_core.documents import Document
@@ -26,15 +26,16 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, 
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from langserve import add_routes
-from pydantic import Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from chains.llm import build_llm, describe_llm
 from chains.prompts import load_prompts
-from chains.rag import ChainOptions, PlaygroundSchema, RagInput, RagOutput, build_rag_chain
+from chains.rag import ChainOptions, PlaygroundSchema, RagInput, RagOutput, build_rag_chain, check_limits
 from chains.retrieval import TicketRetriever, build_vectorstore
 from ticket_rag import admin, health
 from ticket_rag.embeddings import build_embeddings
-from ticket_rag.errors import register_error_handlers
+from ticket_rag.errors import CollectionNotFound, error_responses, register_error_handlers
 from ticket_rag.metrics import InstrumentedEmbeddings, LLMMetrics
 from ticket_rag.query_embeddings import QueryEmbeddings
 from ticket_rag.redaction import RedactingEmbeddings, keep, redact
@@ -138,29 +139,30 @@ def create_app(
         vectorstore=lambda: app.state.vectorstore, k=settings.rag_k, alpha=settings.rag_alpha,
         analyzer=KeywordAnalyzer(settings.keyword_stemmer), keyword_properties=keyword_properties(settings.keyword_title_boost),
     ).with_config(run_name="weaviate_retriever")  # fmt: skip
+    options = ChainOptions(
+        default_collection=settings.default_collection,
+        k=settings.rag_k,
+        max_k=settings.rag_max_k,
+        min_similarity=settings.rag_min_similarity,
+        max_history=settings.rag_max_history,
+        alpha=settings.rag_alpha,
+        model=model,
+        provider=provider,
+        offline_fallback=offline,
+        redact=redact if settings.redact_pii else keep,
+    )
     app.state.rag_chain = build_rag_chain(
         retriever=retriever,  # type: ignore[arg-type]
         llm=llm,
         prompts=prompts,
-        options=ChainOptions(
-            default_collection=settings.default_collection,
-            k=settings.rag_k,
-            max_k=settings.rag_max_k,
-            min_similarity=settings.rag_min_similarity,
-            max_history=settings.rag_max_history,
-            alpha=settings.rag_alpha,
-            model=model,
-            provider=provider,
-            offline_fallback=offline,
-            redact=redact if settings.redact_pii else keep,
-        ),
+        options=options,
         collection_exists=lambda name: app.state.store.collection_exists(name=name),
     )
-    _add_langserve_routes(app, settings, retriever)
+    _add_langserve_routes(app, settings, retriever, options)
     return app
 
 
-def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> None:
+def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any, options: ChainOptions) -> None:
     """The chain at /rag and the retriever at /retriever, with a pinned set of endpoints."""
 
     read_access = caller(Role.read)
@@ -169,21 +171,57 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> N
         """Every LangServe endpoint needs a read key; the collections a body asks for must be in its scope."""
         principal = await read_access(request)
         if request.method == "POST":
-            try:
-                payload = await request.json()
-            except ValueError:
-                return  # LangServe answers malformed JSON itself
-            for collection in collections_in(payload):
+            for collection in collections_in(await _json_body(request)):
                 principal.collection(collection, settings.default_collection)
 
-    async def cap_batch(request: Request) -> None:
-        if request.url.path.endswith("/batch"):
-            inputs = (await request.json()).get("inputs")
-            if isinstance(inputs, list) and len(inputs) > settings.rag_max_batch:
-                raise RequestValidationError(
-                    [{"type": "too_long", "loc": ("body", "inputs"), "input": len(inputs),
-                      "msg": f"at most {settings.rag_max_batch} inputs per batch"}]  # fmt: skip
-                )
+    def check_envelope(input_type: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
+        """What LangServe's documented request schema says, but LangServe itself lets through into a 500.
+
+        `config` an object (in a batch, or a list of them); `inputs` a list of at most RAG_MAX_BATCH
+        valid inputs (LangServe validates a batch's inputs outside its error handling).
+        """
+
+        async def check(request: Request) -> None:
+            payload = await _json_body(request) if request.method == "POST" else None
+            if not isinstance(payload, dict):
+                return  # LangServe answers 422
+            batch = request.url.path.endswith("/batch")
+            config = payload.get("config", {})
+            if not all(isinstance(c, dict) for c in (config if batch and isinstance(config, list) else [config])):
+                raise _invalid(("config",), "dict_type", "Input should be a valid dictionary")
+            if not batch:
+                return
+            inputs = payload.get("inputs")
+            if not isinstance(inputs, list):
+                raise _invalid(("inputs",), "list_type", "Input should be a valid list")
+            if len(inputs) > settings.rag_max_batch:
+                raise _invalid(("inputs",), "too_long", f"at most {settings.rag_max_batch} inputs per batch")
+            for index, item in enumerate(inputs):
+                try:
+                    input_type.model_validate(item)
+                except ValidationError as exc:
+                    errors = exc.errors(include_url=False)
+                    raise RequestValidationError([{**e, "loc": ("body", "inputs", index, *e["loc"])} for e in errors]) from None
+
+        return check
+
+    async def answerable(request: Request) -> None:
+        """On the streaming endpoints, refuse what the chain would refuse before the stream starts.
+
+        Once a stream has started its status is 200 whatever happens: an unknown collection or a k
+        above RAG_MAX_K would only show as an `error` event. Invoke and batch answer these themselves.
+        """
+        if "/stream" not in request.url.path or request.method != "POST":
+            return
+        payload = await _json_body(request)
+        try:
+            data = RagInput.model_validate(payload.get("input") if isinstance(payload, dict) else None)
+        except ValidationError:
+            return  # LangServe answers 422
+        check_limits(data, options)
+        name = data.collection or settings.default_collection
+        if not await run_in_threadpool(app.state.store.collection_exists, name=name):
+            raise CollectionNotFound(f"collection '{name}' does not exist")
 
     tracing = os.environ.get("LANGSMITH_TRACING", os.environ.get("LANGCHAIN_TRACING_V2", "")).lower() == "true"
     # stream_log and stream_events show only the answer's own chunks (see _outputs_only); the
@@ -191,8 +229,10 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> N
     endpoints: list[Any] = ["invoke", "batch", "stream", "stream_log", "stream_events", "input_schema", "output_schema"]
     if settings.environment != "production":  # a browser cannot send an API key to the playground
         endpoints.append("playground")
+    # LangServe declares only 200 and 422; these are what the dependencies, the chain and the middleware add.
+    rag = APIRouter(responses=error_responses(401, 404, 413, 429, 503, 504))
     add_routes(
-        app,
+        rag,
         _traced(_outputs_only(app.state.rag_chain), "ticket_rag"),
         path="/rag",
         input_type=RagInput,
@@ -200,7 +240,7 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> N
         config_keys=(),
         enabled_endpoints=endpoints + (["feedback"] if tracing else []),
         enable_feedback_endpoint=tracing,
-        dependencies=[Depends(scoped), Depends(cap_batch)],
+        dependencies=[Depends(scoped), Depends(check_envelope(RagInput)), Depends(answerable)],
     )
 
     def retrieve(raw: RetrieverInput | dict[str, Any], config: Any) -> list[Document]:
@@ -210,8 +250,9 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> N
             filters=inputs.filters, k=min(inputs.k, settings.rag_max_k),
         )  # fmt: skip
 
+    retrieval = APIRouter(responses=error_responses(401, 404, 413, 429, 503))
     add_routes(
-        app,
+        retrieval,
         _traced(
             RunnableLambda(retrieve, name="retrieve_tickets").with_types(input_type=RetrieverInput, output_type=list[Document]),
             "retrieve_tickets",
@@ -219,8 +260,23 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any) -> N
         path="/retriever",
         config_keys=(),
         enabled_endpoints=["invoke", "batch", "input_schema", "output_schema"],
-        dependencies=[Depends(scoped), Depends(cap_batch)],
+        dependencies=[Depends(scoped), Depends(check_envelope(RetrieverInput))],
     )
+    app.include_router(rag)
+    app.include_router(retrieval)
+
+
+async def _json_body(request: Request) -> Any:
+    """The body as JSON; a 422 when it is not (LangServe would answer bytes that are not UTF-8 with a 500)."""
+    try:
+        return await request.json()
+    except ValueError:
+        raise _invalid((), "json_invalid", "Invalid JSON body") from None
+
+
+def _invalid(loc: tuple[str, ...], kind: str, message: str) -> RequestValidationError:
+    """A 422 for a LangServe body, shaped like every other validation error."""
+    return RequestValidationError([{"type": kind, "loc": ("body", *loc), "msg": message}])
 
 
 def _traced(runnable: Runnable[Any, Any], name: str) -> Runnable[Any, Any]:

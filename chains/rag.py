@@ -113,14 +113,19 @@ class ChainOptions:
 # --- the steps -----------------------------------------------------------------------------------
 
 
+def check_limits(data: RagInput, options: ChainOptions) -> None:
+    """Refuse what the schema allows but the configured caps do not (RAG_MAX_K, RAG_MAX_HISTORY)."""
+    if (data.k or options.k) > options.max_k:
+        raise InvalidRequest(f"at most {options.max_k} tickets can be retrieved", loc=("k",))
+    if len(data.chat_history) > options.max_history:
+        raise InvalidRequest(f"at most {options.max_history} turns are accepted", loc=("chat_history",))
+
+
 def normalise_question(inputs: RagInput | dict[str, Any], options: ChainOptions) -> dict[str, Any]:
     """Validate the input, clean the question (Unicode NFKC, no control characters, single spaces)."""
     data = inputs if isinstance(inputs, RagInput) else RagInput.model_validate(inputs)
+    check_limits(data, options)
     k = data.k or options.k
-    if k > options.max_k:
-        raise InvalidRequest(f"k: at most {options.max_k} tickets can be retrieved")
-    if len(data.chat_history) > options.max_history:
-        raise InvalidRequest(f"chat_history: at most {options.max_history} turns are accepted")
     text = unicodedata.normalize("NFKC", options.redact(data.question))
     text = "".join(c if unicodedata.category(c)[0] != "C" else " " for c in text)
     return {

@@ -80,7 +80,7 @@ def _drop_class(settings: Settings) -> None:
 
     assert settings.weaviate_url is not None
     with connect(url=settings.weaviate_url, grpc_url=settings.weaviate_grpc_url) as wv:
-        wv.collections.delete(settings.weaviate_class)
+        wv.collections.delete([settings.weaviate_class, f"{settings.weaviate_class}ApiKey"])
 
 
 class LiveServer:

@@ -5,16 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ticket_rag.errors import error_responses
 from ticket_rag.security import Admin, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, ApiKeyStore
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], responses=error_responses(401, 403, 429, 503))
 
 
 def _keys(request: Request) -> ApiKeyStore:
     return request.app.state.api_keys  # type: ignore[no-any-return]
 
 
-@router.post("/admin/keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+@router.post("/admin/keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated, responses=error_responses(400, 413))
 def create_key(body: ApiKeyCreate, request: Request, who: Admin) -> ApiKeyCreated:
     """Create an API key scoped to collections and a role; the key is in this response only."""
     return _keys(request).create(body=body)
@@ -26,7 +27,7 @@ def list_keys(request: Request, who: Admin) -> list[ApiKeyPublic]:
     return _keys(request).list()
 
 
-@router.delete("/admin/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/admin/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))
 def revoke_key(key_id: str, request: Request, who: Admin) -> Response:
     """Revoke a key: refused at once by this process, within API_KEY_CACHE_SECONDS by the others."""
     _keys(request).revoke(key_id=key_id)

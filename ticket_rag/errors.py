@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +41,16 @@ class CollectionExists(DomainError):
 
 
 class InvalidRequest(DomainError):
-    """A request that passed schema validation but makes no sense (an unknown field value, say)."""
+    """A request that passed schema validation but makes no sense (a value above a configured cap, say).
+
+    Answered like a schema validation error, so every 422 has one shape; `loc` names the field.
+    """
 
     status_code = 422
+
+    def __init__(self, detail: str, *, loc: tuple[str | int, ...] = ()) -> None:
+        super().__init__(detail)
+        self.loc = loc
 
 
 class Unauthorized(DomainError):
@@ -81,8 +92,39 @@ class UpstreamTimeout(DomainError):
 RETRY_AFTER_SECONDS = "5"
 
 
+class ErrorBody(BaseModel):
+    """The body of every error response but 422."""
+
+    detail: str
+
+
+_MEANING = {
+    400: "The body could not be decoded (it is not UTF-8).",
+    401: "No API key, or an unknown or revoked one.",
+    403: "The API key lacks the role (or the collection) this needs.",
+    404: "The ticket, collection or key does not exist (or is outside the API key's collections).",
+    409: "The collection already exists.",
+    413: "The body is larger than MAX_BODY_BYTES.",
+    429: "Rate limit exceeded; retry after Retry-After seconds.",
+    503: "Weaviate (or the LLM) is unavailable; retry after Retry-After seconds.",
+    504: "The LLM did not answer in time.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` entries for these error status codes."""
+    return {code: {"model": ErrorBody, "description": _MEANING[code]} for code in codes}
+
+
 def register_error_handlers(app: FastAPI) -> None:
     """Map domain errors to status codes; anything unexpected becomes a logged, generic 500."""
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 422 and isinstance(exc.detail, str):  # LangServe's own 422s: one shape for all
+            detail = [{"type": "value_error", "loc": ["body"], "msg": exc.detail}]
+            return JSONResponse({"detail": detail}, status_code=422, headers=exc.headers)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
@@ -93,7 +135,11 @@ def register_error_handlers(app: FastAPI) -> None:
             headers["WWW-Authenticate"] = 'Bearer realm="ticket-rag"'
         if exc.status_code >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc.detail)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+        if isinstance(exc, InvalidRequest):
+            detail: Any = [{"type": "value_error", "loc": list(exc.loc), "msg": exc.detail}]
+        else:
+            detail = exc.detail
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

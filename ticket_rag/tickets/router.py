@@ -13,7 +13,7 @@ from langchain_core.runnables import Runnable
 from starlette.concurrency import run_in_threadpool
 
 from chains.rag import RagOutput
-from ticket_rag.errors import Forbidden
+from ticket_rag.errors import Forbidden, error_responses
 from ticket_rag.security import Admin, Reader, Writer
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.schemas import (
@@ -28,7 +28,9 @@ from ticket_rag.tickets.schemas import (
     SearchFilters,
     SearchRequest,
     SearchResults,
+    ShortText,
     Status,
+    Tag,
     TicketCreate,
     TicketCreated,
     TicketPublic,
@@ -55,8 +57,16 @@ RagChainDep = Annotated[Runnable[Any, Any], Depends(_rag_chain)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 CollectionQuery = Annotated[str | None, Query(pattern=COLLECTION_PATTERN, description="Defaults to the default collection.")]
 
-tickets = APIRouter(prefix="/tickets", tags=["tickets"])
-collections = APIRouter(prefix="/collections", tags=["collections"])
+# Every route needs a key and Weaviate; each ticket route works in a collection that may not exist.
+tickets = APIRouter(prefix="/tickets", tags=["tickets"], responses=error_responses(401, 404, 429, 503))
+collections = APIRouter(prefix="/collections", tags=["collections"], responses=error_responses(401, 429, 503))
+# 400: FastAPI's answer to a body it cannot decode (bytes that are not UTF-8).
+BODY_ERRORS = error_responses(400, 413)
+WRITE_ERRORS = error_responses(400, 403, 413)
+
+
+# Weaviate answers no query past its QUERY_MAXIMUM_RESULTS (10,000 by default): offset + limit stays within it.
+RESULT_WINDOW = 10_000
 
 
 def _cap(where: str, field: str, value: int, cap: int) -> None:
@@ -71,8 +81,9 @@ def _cap(where: str, field: str, value: int, cap: int) -> None:
 def _filters(
     priority: Annotated[list[Priority] | None, Query()] = None,
     status_: Annotated[list[Status] | None, Query(alias="status")] = None,
-    category: Annotated[list[str] | None, Query(max_length=100)] = None,
-    tags: Annotated[list[str] | None, Query(max_length=50)] = None,
+    # The same types and list caps as SearchFilters, so a bad value is a 422 here, not an error building it.
+    category: Annotated[list[ShortText] | None, Query(max_length=50)] = None,
+    tags: Annotated[list[Tag] | None, Query(max_length=50)] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
 ) -> SearchFilters:
@@ -88,7 +99,9 @@ FiltersDep = Annotated[SearchFilters, Depends(_filters)]
 # --- collections ------------------------------------------------------------------------------------
 
 
-@collections.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionPublic)
+@collections.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=CollectionPublic, responses=error_responses(400, 403, 409, 413)
+)
 def create_collection(body: CollectionCreate, store: StoreDep, who: Admin) -> CollectionPublic:
     """Create a collection: an isolated set of tickets (one help desk, product or customer)."""
     if not who.can_see(body.name):
@@ -104,7 +117,7 @@ def list_collections(store: StoreDep, who: Reader) -> CollectionsPublic:
     return CollectionsPublic(data=[CollectionPublic(name=name) for name in names])
 
 
-@collections.get("/{name}", response_model=CollectionPublic)
+@collections.get("/{name}", response_model=CollectionPublic, responses=error_responses(404))
 def get_collection(
     name: Annotated[str, Path(pattern=COLLECTION_PATTERN)], store: StoreDep, who: Reader, settings: SettingsDep
 ) -> CollectionPublic:
@@ -113,7 +126,7 @@ def get_collection(
     return CollectionPublic(name=name, ticket_count=store.count(collection=name))
 
 
-@collections.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@collections.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(403, 404))
 def delete_collection(
     name: Annotated[str, Path(pattern=COLLECTION_PATTERN)], store: StoreDep, who: Admin, settings: SettingsDep
 ) -> Response:
@@ -129,7 +142,7 @@ def delete_collection(
     "/",
     status_code=status.HTTP_201_CREATED,
     response_model=TicketCreated,
-    responses={200: {"description": "An existing ticket with the same external_id was updated."}},
+    responses={200: {"description": "An existing ticket with the same external_id was updated."}, **WRITE_ERRORS},
 )
 def create_ticket(
     body: TicketCreate, store: StoreDep, settings: SettingsDep, response: Response, who: Writer
@@ -154,7 +167,7 @@ def create_ticket(
     )
 
 
-@tickets.post("/bulk", response_model=BulkResult)
+@tickets.post("/bulk", response_model=BulkResult, responses=WRITE_ERRORS)
 def bulk_create(body: BulkRequest, store: StoreDep, settings: SettingsDep, who: Writer) -> BulkResult:
     """Store up to BULK_MAX_BATCH tickets in one embedding pass and one Weaviate batch; idempotent by external_id."""
     _cap("body", "tickets", len(body.tickets), settings.bulk_max_batch)
@@ -178,18 +191,19 @@ def list_tickets(
     filters: FiltersDep,
     who: Reader,
     collection: CollectionQuery = None,
-    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    offset: Annotated[int, Query(ge=0, lt=RESULT_WINDOW)] = 0,
     limit: Annotated[int, Query(ge=1)] = 50,
 ) -> TicketsPublic:
     """A page of tickets, newest first, filtered by priority, status, category, tags and creation time."""
     _cap("query", "limit", limit, settings.page_max_size)
+    _cap("query", "offset", offset, RESULT_WINDOW - limit)
     page = store.list(
         collection=who.collection(collection, settings.default_collection), filters=filters, offset=offset, limit=limit
     )
     return TicketsPublic(data=page.tickets, count=page.count, offset=offset, limit=limit)
 
 
-@tickets.post("/search", response_model=SearchResults)
+@tickets.post("/search", response_model=SearchResults, responses=BODY_ERRORS)
 def search_tickets(body: SearchRequest, store: StoreDep, settings: SettingsDep, who: Reader) -> SearchResults:
     """Rank tickets by a query: vector (cosine similarity), keyword (BM25) or hybrid (fused score)."""
     _cap("body", "limit", body.limit, settings.search_max_limit)
@@ -228,7 +242,7 @@ def similar_tickets(
     return SearchResults(query=str(ticket_id), mode="vector", collection=name, results=hits)
 
 
-@tickets.patch("/{ticket_id}", response_model=TicketPublic)
+@tickets.patch("/{ticket_id}", response_model=TicketPublic, responses=WRITE_ERRORS)
 def update_ticket(
     ticket_id: uuid.UUID,
     body: TicketUpdate,
@@ -243,7 +257,7 @@ def update_ticket(
     return ticket
 
 
-@tickets.delete("/{ticket_id}", status_code=status.HTTP_204_NO_CONTENT)
+@tickets.delete("/{ticket_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(403))
 def delete_ticket(
     ticket_id: uuid.UUID, store: StoreDep, settings: SettingsDep, who: Writer, collection: CollectionQuery = None
 ) -> Response:
@@ -253,7 +267,7 @@ def delete_ticket(
 
 
 
-@tickets.post("/{ticket_id}/suggest", response_model=RagOutput)
+@tickets.post("/{ticket_id}/suggest", response_model=RagOutput, responses=error_responses(504))
 async def suggest_reply(
     ticket_id: uuid.UUID, request: Request, store: StoreDep, settings: SettingsDep, chain: RagChainDep, who: Reader,
     collection: CollectionQuery = None,

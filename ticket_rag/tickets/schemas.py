@@ -76,12 +76,14 @@ class TicketCreate(TicketBase):
 
 
 class TicketUpdate(_Strict):
-    title: Title | None = None
-    description: Description | None = None
-    priority: Priority | None = None
-    status: Status | None = None
+    """Only the fields sent change. Category and resolution can be cleared with null; the others cannot."""
+
+    title: Title = Field(None)
+    description: Description = Field(None)
+    priority: Priority = Field(None)
+    status: Status = Field(None)
     category: ShortText | None = None
-    tags: list[Tag] | None = Field(None, max_length=20)
+    tags: list[Tag] = Field(None, max_length=20, description="[] removes every tag.")
     resolution: LongText | None = None
 
 
