@@ -43,7 +43,7 @@ from ticket_rag.observability import RequestContextMiddleware, request_id_var
 from ticket_rag.security import ApiKeyStore, Gatekeeper, RateLimiter, Role, caller, collections_in
 from ticket_rag.settings import Settings, load_settings
 from ticket_rag.tickets import router as tickets_router
-from ticket_rag.tickets.schemas import CollectionName, SearchFilters
+from ticket_rag.tickets.schemas import CollectionName, QueryText, SearchFilters
 from ticket_rag.tickets.keywords import KeywordAnalyzer, keyword_properties
 from ticket_rag.tickets.store import build_ticket_store
 from ticket_rag.weaviate_server import build_weaviate
@@ -54,7 +54,7 @@ _DEFAULT_LLM: Any = object()
 
 
 class RetrieverInput(PlaygroundSchema):
-    query: str = Field(min_length=1, max_length=2000, examples=["How do I reset my password?"])
+    query: QueryText = Field(examples=["How do I reset my password?"])
     collection: CollectionName | None = None
     filters: SearchFilters | None = None
     k: int = Field(5, ge=1, le=50)

@@ -25,15 +25,13 @@ from chains.prompts import Prompts
 from chains.retrieval import TicketRetriever
 from ticket_rag.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
 from ticket_rag.redaction import keep
-from ticket_rag.tickets.schemas import CollectionName, SearchFilters, clean_text, not_blank
+from ticket_rag.tickets.schemas import CollectionName, QueryText, SearchFilters, clean_text
 
 NO_TICKETS_ANSWER = (
     "No past ticket matches this question closely enough to answer it. "
     "Please escalate it to a human agent, or add detail and ask again."
 )
 OFFLINE_NOTE = "Answered by the offline fallback model ({model}); check the cited tickets."
-
-Question = Annotated[str, StringConstraints(max_length=2000), AfterValidator(clean_text), AfterValidator(not_blank)]
 
 
 def without_nulls(schema: Any) -> Any:
@@ -70,7 +68,7 @@ class ChatTurn(BaseModel):
 class RagInput(PlaygroundSchema):
     """What the chain takes: a question, and optionally where to look and the conversation so far."""
 
-    question: Question = Field(examples=["How do I reset my password?"])
+    question: QueryText = Field(examples=["How do I reset my password?"])
     collection: CollectionName | None = Field(None, description="Defaults to the default collection.")
     filters: SearchFilters | None = None
     chat_history: list[ChatTurn] = Field(default_factory=list, max_length=200)

@@ -37,6 +37,8 @@ ShortText = Annotated[str, StringConstraints(max_length=100), AfterValidator(cle
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(clean_text), AfterValidator(not_blank)]
 ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(clean_text), AfterValidator(not_blank)]
 CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
+# What a user asks with: a search query, a RAG question, a retriever query.
+QueryText = Annotated[str, StringConstraints(max_length=2000), AfterValidator(clean_text), AfterValidator(not_blank)]
 
 
 class Priority(str, Enum):
@@ -129,9 +131,7 @@ SearchMode = Literal["vector", "keyword", "hybrid"]
 
 
 class SearchRequest(_Strict):
-    query: Annotated[str, StringConstraints(max_length=2000), AfterValidator(clean_text), AfterValidator(not_blank)] = (
-        Field(examples=["login issues"])
-    )
+    query: QueryText = Field(examples=["login issues"])
     limit: int = Field(5, ge=1, description="Results to return; capped by SEARCH_MAX_LIMIT.")
     collection: CollectionName | None = None
     mode: SearchMode = "vector"
