@@ -26,6 +26,7 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, 
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from langserve import add_routes
+import langsmith
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -38,7 +39,7 @@ from ticket_rag.embeddings import build_embeddings
 from ticket_rag.errors import CollectionNotFound, error_responses, register_error_handlers
 from ticket_rag.metrics import InstrumentedEmbeddings, LLMMetrics
 from ticket_rag.query_embeddings import QueryEmbeddings
-from ticket_rag.redaction import RedactingEmbeddings, keep, redact
+from ticket_rag.redaction import RedactingEmbeddings, keep, redact, redact_tree
 from ticket_rag.observability import RequestContextMiddleware, request_id_var
 from ticket_rag.security import ApiKeyStore, Gatekeeper, RateLimiter, Role, caller, collections_in
 from ticket_rag.settings import Settings, load_settings
@@ -68,6 +69,10 @@ def create_app(
 ) -> FastAPI:
     """Build the app. Clients open in the lifespan and close when it ends; test doubles come in as arguments."""
     settings = settings or load_settings()
+    if settings.redact_pii and _tracing_enabled():
+        # LangChain's tracer sends runs through langsmith's shared client; this one redacts every string of a
+        # run (inputs, outputs, metadata, error) in the request's thread, before the run is queued for sending.
+        langsmith.configure(client=langsmith.Client(anonymizer=redact_tree))
     prompts = load_prompts(settings.prompts_dir)
     if llm is _DEFAULT_LLM:
         llm, info = build_llm(settings), describe_llm(settings)
@@ -223,7 +228,7 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any, opti
         if not await run_in_threadpool(app.state.store.collection_exists, name=name):
             raise CollectionNotFound(f"collection '{name}' does not exist")
 
-    tracing = os.environ.get("LANGSMITH_TRACING", os.environ.get("LANGCHAIN_TRACING_V2", "")).lower() == "true"
+    tracing = _tracing_enabled()
     # stream_log and stream_events show only the answer's own chunks (see _outputs_only); the
     # playground runs on stream_log.
     endpoints: list[Any] = ["invoke", "batch", "stream", "stream_log", "stream_events", "input_schema", "output_schema"]
@@ -264,6 +269,10 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any, opti
     )
     app.include_router(rag)
     app.include_router(retrieval)
+
+
+def _tracing_enabled() -> bool:
+    return os.environ.get("LANGSMITH_TRACING", os.environ.get("LANGCHAIN_TRACING_V2", "")).lower() == "true"
 
 
 async def _json_body(request: Request) -> Any:

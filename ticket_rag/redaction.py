@@ -1,12 +1,14 @@
 """Optional redaction of email addresses and phone numbers (REDACT_PII=true).
 
-Applied to the text that is embedded, to search and RAG questions, and to the ticket text the LLM
-sees; the stored ticket keeps its original text, so an agent still sees whom to answer.
+Applied to the text that is embedded, to search and RAG questions, to the ticket text the LLM
+sees, and to everything sent to LangSmith; the stored ticket keeps its original text, so an agent
+still sees whom to answer.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
@@ -23,6 +25,17 @@ def _phone(match: re.Match[str]) -> str:
 def redact(text: str) -> str:
     """The text with email addresses and phone numbers replaced by [email] and [phone]."""
     return _PHONE.sub(_phone, _EMAIL.sub("[email]", text))
+
+
+def redact_tree(value: Any) -> Any:
+    """JSON-like data with every string in it redacted: LangSmith's anonymizer for runs."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redact_tree(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_tree(item) for item in value]
+    return value
 
 
 def keep(text: str) -> str:

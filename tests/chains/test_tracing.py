@@ -2,7 +2,8 @@
 
 langsmith and langchain read and cache their environment at import, so the service runs as
 `ticket-rag serve` in a child process, with the Groq boundary faked at HTTP (tests/fakes/groq_server.py)
-and the runs caught by tests/fakes/langsmith_collector.py.
+and the runs caught by tests/fakes/langsmith_collector.py. It runs with REDACT_PII=true, as a service
+that traces real tickets would.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.fakes.groq_server import FakeGroq, Reply
 from tests.fakes.langsmith_collector import LangSmithCollector
+from tests.test_redaction import EMAIL, PHONE
 from ticket_rag.weaviate_server import EmbeddedWeaviate, connect, free_port
 
 LANGSMITH_KEY = "ls-test-key-xyz"
@@ -80,6 +82,7 @@ def service(weaviate_server: EmbeddedWeaviate, tmp_path_factory: pytest.TempPath
             "GROQ_API_KEY": GROQ_KEY,
             "GROQ_BASE_URL": groq.url,
             "LOG_JSON": "true",
+            "REDACT_PII": "true",
         }
         log = tmp / "service.log"
         with log.open("w") as stderr:
@@ -294,3 +297,29 @@ def test_api_keys_never_reach_the_collector_the_responses_or_the_logs(service: T
     assert '"request_id": "secrets-error"' in log
     for secret in SECRETS:
         assert secret not in log
+
+
+def test_emails_and_phone_numbers_reach_langsmith_only_redacted(service: TracedService) -> None:
+    ticket = {
+        "title": f"Refund for {EMAIL}",
+        "description": f"Please refund order 2231; call me on {PHONE}.",
+        "resolution": f"Refund sent to {EMAIL}.",
+        "status": "resolved",
+    }
+    created = httpx.post(f"{service.url}/tickets/", json=ticket, timeout=60)
+    assert created.status_code == 201, created.text
+    question = {"input": {"question": f"Was the refund for {EMAIL} sent? They wait on {PHONE}."}}
+    response = service.invoke("pii-redacted", question)
+    assert response.status_code == 200, response.text
+
+    [source] = [s for s in response.json()["output"]["sources"] if s["id"] == created.json()["id"]]
+    assert (source["title"], source["resolution"]) == (ticket["title"], ticket["resolution"])  # the stored text
+    assert PHONE in source["snippet"]
+
+    _, tree = finished_trace(service.collector, "pii-redacted")
+    by_name = {run["name"]: run for run in tree}
+    assert "[email]" in json.dumps(by_name["ticket_rag"]["inputs"]) and "[phone]" in json.dumps(by_name["ticket_rag"]["inputs"])
+    assert "[email]" in json.dumps(by_name["weaviate_retriever"]["outputs"])
+    for received in service.collector.received:  # everything that left the process for LangSmith
+        body = received.body.decode("utf-8", "replace")
+        assert EMAIL not in body and "123-4567" not in body, f"{received.method} {received.path}"
