@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from langchain_core.embeddings import Embeddings
 
+from ticket_rag.embeddings import build_embeddings
 from ticket_rag.query_embeddings import QueryEmbeddings
+from tests.conftest import make_settings
 
 
 class Counting(Embeddings):
@@ -42,7 +44,14 @@ def test_repeated_queries_come_from_the_cache(embeddings: Embeddings) -> None:
     np.testing.assert_allclose(first, embeddings.embed_query("login fails"), atol=1e-5)
 
 
-def test_concurrent_queries_share_forward_passes_and_get_their_own_vectors(embeddings: Embeddings) -> None:
+@pytest.fixture(scope="module")
+def fp32() -> Embeddings:
+    """A backend whose vectors do not depend on their batch (int8's activation scales do, slightly)."""
+    return build_embeddings(make_settings(embedding_backend="onnx-fp32"))
+
+
+def test_concurrent_queries_share_forward_passes_and_get_their_own_vectors(fp32: Embeddings) -> None:
+    embeddings = fp32
     counting = Counting(embeddings)
     queries = QueryEmbeddings(counting, cache_size=0)
     texts = [f"ticket about problem number {i} with the {['vpn', 'printer', 'invoice', 'login'][i % 4]}" for i in range(48)]

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     # The runtime that computes vectors from the same weights: torch (sentence-transformers, fp32), or ONNX
     # Runtime in fp32 (the same vectors, faster) or int8 (fastest; docs/benchmarks-embeddings.md). The ONNX
     # graphs are exported from the verified weights into CACHE_DIR/onnx/ on first use.
-    embedding_backend: Literal["torch", "onnx-fp32", "onnx-int8"] = "torch"
+    embedding_backend: Literal["torch", "onnx-fp32", "onnx-int8"] = "onnx-int8"
     # Query vectors kept for repeated queries (0 turns the cache off).
     query_cache_size: int = Field(4096, ge=0, le=1_000_000)
 
@@ -101,8 +101,9 @@ class Settings(BaseSettings):
     rag_max_k: int = Field(20, ge=1, le=100)
     # Tickets less similar (cosine) to the question than this are not used as context.
     rag_min_similarity: float = Field(0.25, ge=-1, le=1)
-    # Weight of the vector part when the RAG retriever runs Weaviate's hybrid query (1 = pure vector).
-    rag_alpha: float = Field(1.0, ge=0, le=1)
+    # Weight of the vector part when the RAG retriever runs Weaviate's hybrid query (1 = pure vector); 0.5 as
+    # HYBRID_ALPHA, chosen on SciFact (docs/quality.md).
+    rag_alpha: float = Field(0.5, ge=0, le=1)
     rag_max_history: int = Field(20, ge=0, le=200)
     rag_max_batch: int = Field(8, ge=1, le=100)
     prompts_dir: Path = Path(__file__).resolve().parent.parent / "prompts"
