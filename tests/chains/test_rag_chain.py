@@ -109,7 +109,7 @@ def test_answer_cites_retrieved_tickets_and_returns_sources(rag: tuple[TestClien
     assert output["answer"] == f"Send the user a fresh reset link from the admin console [{top['ref']}]."
     assert top["ref"] == "#" + password_id.replace("-", "")[:8]
     meta = output["metadata"]
-    assert meta["retrieval"]["mode"] == "vector" and meta["retrieval"]["k"] == 5
+    assert meta["retrieval"]["mode"] == "hybrid" and meta["retrieval"]["alpha"] == 0.5 and meta["retrieval"]["k"] == 5
     assert meta["standalone_question"] == "How do I reset my password?"
     assert meta["timings_ms"]["total"] >= meta["timings_ms"]["retrieve"] > 0
     assert meta["request_id"]
