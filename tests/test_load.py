@@ -100,7 +100,7 @@ async def _load(url: str, seconds: float, queries: list[str], new: list[dict[str
     return samples, time.monotonic() - started
 
 
-def test_a_minute_of_searches_and_creates(server: LiveServer) -> None:
+def test_a_minute_of_searches_and_creates(server: LiveServer, settings: Settings) -> None:
     tickets = _tickets(SEEDED + 200)
     for start in range(0, SEEDED, 100):
         response = httpx.post(f"{server.url}/tickets/bulk", json={"tickets": tickets[start : start + 100]}, timeout=300)
@@ -112,14 +112,14 @@ def test_a_minute_of_searches_and_creates(server: LiveServer) -> None:
     samples, elapsed = asyncio.run(_load(server.url, RUN_SECONDS, queries, new))
     rss_after = _rss()
 
-    _write_report(samples, elapsed, (rss_before, rss_after), load_before, len(queries))
+    _write_report(samples, elapsed, (rss_before, rss_after), load_before, settings)
     failed = [s for s in samples if not isinstance(s.status, int) or s.status >= 500]
     assert not failed, f"{len(failed)} of {len(samples)} requests failed: {failed[:5]}"
     assert {s.status for s in samples} <= {200, 201}, {s.status for s in samples}
     assert rss_after - rss_before < MEMORY_BOUND, f"grew {(rss_after - rss_before) / 2**20:.0f} MiB"
 
 
-def _write_report(samples: list[Sample], elapsed: float, rss: tuple[int, int], load_before: float, queries: int) -> None:
+def _write_report(samples: list[Sample], elapsed: float, rss: tuple[int, int], load_before: float, settings: Settings) -> None:
     rows = []
     for operation in ("search", "create", "all"):
         mine = [s for s in samples if operation in ("all", s.operation)]
@@ -142,10 +142,10 @@ def _write_report(samples: list[Sample], elapsed: float, rss: tuple[int, int], l
 `tests/test_load.py` (`make test-slow`): {CLIENTS} concurrent clients on loopback against the service under uvicorn,
 for {RUN_SECONDS} s after a {WARM_UP_SECONDS} s warm-up.
 Each request is a create ({CREATE_SHARE:.0%}: a ticket from the demo data, embedded and stored, returned with its
-similar tickets and possible duplicates) or a search (vector, top 10, one of {queries} ticket titles as the query),
-in a collection that starts with {SEEDED} tickets.
-The real all-mpnet-base-v2 on the CPU (torch), the embedded Weaviate, `LLM_PROVIDER=none`, no rate limit (all
-clients share one address).
+similar tickets and possible duplicates) or a search (vector, top 10, one of {SEEDED // 2} ticket titles as the
+query), in a collection that starts with {SEEDED} tickets.
+The real all-mpnet-base-v2 on the CPU (`EMBEDDING_BACKEND={settings.embedding_backend}`), the embedded Weaviate,
+`LLM_PROVIDER={settings.llm_provider}`, no rate limit (all clients share one address).
 The clients run in the server's process, on the same cores: these are the numbers of the whole machine, not of the
 service alone.
 A create costs more than a search: it embeds title and description (up to 384 tokens) on its own and searches
