@@ -102,8 +102,9 @@ def create_app(
             )
             app.state.api_keys.ensure_schema()
             app.state.vectorstore = build_vectorstore(
-                client=client, class_name=settings.weaviate_class, embeddings=app.state.embeddings
-            )
+                client=client, class_name=settings.weaviate_class, embeddings=app.state.embeddings,
+                consistency=settings.weaviate_consistency,
+            )  # fmt: skip
             yield
         finally:
             client.close()

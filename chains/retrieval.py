@@ -12,6 +12,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from langchain_weaviate import WeaviateVectorStore
+from weaviate.classes.config import ConsistencyLevel
 from pydantic import ConfigDict, Field
 
 from ticket_rag.tickets.keywords import KeywordAnalyzer, keyword_properties
@@ -21,11 +22,17 @@ from ticket_rag.tickets.store import weaviate_errors, weaviate_filter
 RETURNED = ["title", "description", "status", "priority", "category", "resolution", "external_id", "created_at"]
 
 
-def build_vectorstore(*, client: Any, class_name: str, embeddings: Embeddings) -> WeaviateVectorStore:
-    """langchain-weaviate's store over our existing ticket collection (its schema is ours, not its default)."""
-    return WeaviateVectorStore(
+def build_vectorstore(*, client: Any, class_name: str, embeddings: Embeddings, consistency: str = "QUORUM") -> WeaviateVectorStore:
+    """langchain-weaviate's store over our existing ticket collection (its schema is ours, not its default).
+
+    Its reads run at WEAVIATE_CONSISTENCY like the ticket store's: langchain-weaviate 0.0.8 has no
+    setting for it, so the collection handle it searches through is replaced by one that carries it.
+    """
+    store = WeaviateVectorStore(
         client=client, index_name=class_name, text_key="description", embedding=embeddings, use_multi_tenancy=True
     )
+    store._collection = store._collection.with_consistency_level(ConsistencyLevel(consistency))
+    return store
 
 
 class TicketRetriever(BaseRetriever):

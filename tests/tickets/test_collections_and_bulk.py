@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from langchain_core.embeddings import Embeddings
 
 from ticket_rag.settings import Settings
+from tests.conftest import _drop_class
 
 TICKET = {"title": "Cannot log in", "description": "The password reset link has expired."}
 
@@ -86,3 +88,18 @@ def test_a_changed_replication_factor_is_reported_not_applied(
             store.ensure_schema(default_collection="default")
         assert wv.collections.use(settings.weaviate_class).config.get().replication_config.factor == 1
     assert "keeps replication factor 1; WEAVIATE_REPLICATION_FACTOR=3" in caplog.text
+
+
+@pytest.mark.parametrize("level", ["ONE", "ALL"])
+def test_the_rag_retriever_reads_at_the_configured_consistency(settings: Settings, embeddings: Embeddings, level: str) -> None:
+    """langchain-weaviate has no consistency setting; its searches must still honour WEAVIATE_CONSISTENCY."""
+    from weaviate.classes.config import ConsistencyLevel
+
+    from server import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"weaviate_consistency": level}), embeddings=embeddings)) as client:
+        assert client.app.state.vectorstore._collection.consistency_level == ConsistencyLevel(level)
+        client.post("/tickets/", json=TICKET)
+        response = client.post("/retriever/invoke", json={"input": {"query": "password reset link"}})
+        assert response.status_code == 200 and len(response.json()["output"]) == 1
+    _drop_class(settings)
