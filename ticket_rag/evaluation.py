@@ -313,6 +313,19 @@ def _ms(seconds: Sequence[float], q: float) -> float:
     return round(float(np.percentile(seconds, q)) * 1000, 2) if seconds else 0.0
 
 
+def _commit() -> str | None:
+    """The checkout's commit (with `+changes` when the work tree differs), or None outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def _collection_name(dataset: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", dataset).strip("-_")[:40] or "dataset"
     return f"eval-{slug}-{uuid.uuid4().hex[:8]}"
@@ -404,6 +417,7 @@ def run_eval(
         "published": PUBLISHED.get(dataset.name.lower(), []) if limit_queries is None else [],
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": _commit(),
     }
     write_report(report, output_dir)
     return report
@@ -550,7 +564,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
                   f"title boost {keyword.get('title_boost', 2)}."]  # fmt: skip
     if ing["altered"]:
         lines += ["", f"{len(ing['altered'])} documents were not mapped as plain title/text; see `results.json`."]
-    lines += ["", f"Run {report['started_at']} to {report['finished_at']}.", ""]
+    commit = f" at commit {report['commit']}" if report.get("commit") else ""
+    lines += ["", f"Run {report['started_at']} to {report['finished_at']}{commit}.", ""]
     return "\n".join(lines)
 
 
