@@ -178,7 +178,12 @@ def test_acknowledged_tickets_survive_repeated_sigkill_during_import(
         assert not chaos_errors, chaos_errors
         assert len(acknowledged) == 48 * 25, f"{len(acknowledged)} acknowledged; failures {failures[:10]}"
         assert set(failures) <= {503, 504}, failures
-        assert httpx.get(f"{server.url}/collections/default").json()["ticket_count"] == 48 * 25
+        # the last restart may still be loading its shards: the service answers 503 until Weaviate is ready
+        deadline = time.monotonic() + 60
+        while (counted := httpx.get(f"{server.url}/collections/default")).status_code == 503:
+            assert time.monotonic() < deadline, "Weaviate did not come back within 60 s of its last restart"
+            time.sleep(0.5)
+        assert counted.json()["ticket_count"] == 48 * 25
         seen: set[str] = set()
         offset = 0
         while page := httpx.get(f"{server.url}/tickets/", params={"limit": 200, "offset": offset}).json()["data"]:
