@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     query_tokens = [len(e.ids) for e in tokenizer.encode_batch(queries)]
 
     export_seconds: dict[str, float] = {}
-    backends: dict[str, Any] = {"torch-fp32": build_embeddings(settings)}
+    backends: dict[str, Any] = {"torch-fp32": build_embeddings(settings.model_copy(update={"embedding_backend": "torch"}))}
     for variant in ("onnx-fp32", "onnx-int8"):
         target = onnx_cache_dir(settings.cache_dir, source_sha256=DEFAULT_MODEL_SHA256, variant=variant)  # type: ignore[arg-type]
         fresh = not (target / MANIFEST_FILE).is_file()
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     lines += [
         "",
-        "- torch-fp32 is the service's `build_embeddings` (sentence-transformers, batch size "
+        "- torch-fp32 is the service's `build_embeddings` with `EMBEDDING_BACKEND=torch` (sentence-transformers, batch size "
         f"{settings.embedding_batch_size}, {torch.get_num_threads()} torch threads); the ONNX backends are "
         f"`build_onnx_embeddings` (batches of at most {settings.embedding_batch_size} texts and 1,024 padded tokens, "
         f"{threads} intra-op threads, no spinning).",
