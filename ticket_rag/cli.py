@@ -127,13 +127,14 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     """Recompute the keyword terms of stored tickets (after an upgrade, or after KEYWORD_STEMMER changed)."""
     from ticket_rag.errors import CollectionNotFound, StoreUnavailable
     from ticket_rag.tickets.keywords import KeywordAnalyzer
-    from ticket_rag.tickets.store import reindex_keywords
+    from ticket_rag.tickets.store import add_missing_term_properties, reindex_keywords
     from ticket_rag.weaviate_server import build_weaviate
 
     client, embedded = build_weaviate(settings)
     try:
         if not client.collections.exists(settings.weaviate_class):
             raise ConfigError(f"no Weaviate collection {settings.weaviate_class}: nothing to reindex")
+        add_missing_term_properties(client, settings.weaviate_class)
         names = args.collection or sorted(client.collections.use(settings.weaviate_class).tenants.get())
         analyzer = KeywordAnalyzer(settings.keyword_stemmer)
         for name in names:

@@ -349,7 +349,7 @@ class TicketStore:
         """The search itself, for callers that already hold the query vector."""
         where = weaviate_filter(filters, exclude=exclude)
         tenant = self._tenant(collection)
-        terms = self.analyzer.terms(query)
+        terms = self.analyzer.terms(query) if mode != "vector" else ""
         with weaviate_errors(collection):
             if mode == "vector":
                 result = tenant.query.near_vector(
@@ -419,13 +419,13 @@ def reindex_keywords(
 ) -> int:
     """Recompute the keyword terms of every ticket in a collection, keeping its vector; returns how many.
 
-    For tickets stored before keyword terms existed, or after KEYWORD_STEMMER changed. Each batch
-    rewrites whole tickets, so run it while nothing else writes to the collection.
+    For tickets stored before keyword terms existed (call add_missing_term_properties first), or
+    after KEYWORD_STEMMER changed. Each batch rewrites whole tickets, so run it while nothing else
+    writes to the collection.
     """
     tenant = client.collections.use(class_name).with_tenant(collection)
     done, batch = 0, []
     with weaviate_errors(collection):
-        add_missing_term_properties(client, class_name)
         for obj in tenant.iterator(include_vector=True, return_properties=_PUBLIC_PROPERTIES):
             props = {k: v for k, v in obj.properties.items() if v is not None}
             props.update(analyzer.properties(title=props.get("title", ""), description=props.get("description", "")))
