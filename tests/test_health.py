@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -40,8 +42,12 @@ def test_ready_names_weaviate_when_it_is_down_and_recovers(
             assert down.json()["weaviate"] == "unreachable"
             assert down.json()["embeddings"] == "ok"
             assert client.get("/health").status_code == 200
-            server.start()
+            restart = threading.Thread(target=server.start)  # a restart from a short-lived thread, as a supervisor would
+            restart.start()
+            restart.join()
+            time.sleep(2)  # a child tied to the thread that forked it has been sent SIGTERM by now
             assert client.get("/health/ready").status_code == 200
+            assert server.process is not None and server.process.poll() is None
     finally:
         server.stop()
 

@@ -156,7 +156,7 @@ before it writes, while concurrent searches share forward passes and repeated on
 | date | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC |
 | commit | {commit.strip()} (the working tree as it was) |
 | machine | {cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM; {platform.system()} {platform.release()}; Python {platform.python_version()} |
-| load average at the start | {load_before:.1f} (the machine was shared with other jobs) |
+| load average at the start | {load_before:.1f} on {os.cpu_count()} cores (other jobs on the machine raise it) |
 
 | operation | requests | per second | p50 (ms) | p99 (ms) | max (ms) | not 2xx |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: |

@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,6 +56,16 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+# PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: a Weaviate
+# (re)started from a short-lived thread (a worker, a supervisor) got SIGTERM as soon as that thread
+# returned. Every child is forked from this one thread instead, which lives as long as the process.
+_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weaviate-spawner")
+
+
+def _spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    return _spawner.submit(subprocess.Popen, args, preexec_fn=_die_with_parent, **kwargs).result()
 
 
 class EmbeddedWeaviate:
@@ -156,13 +167,12 @@ class EmbeddedWeaviate:
         log_path = self.data_dir / "weaviate.log"
         log = log_path.open("ab")
         logger.info("starting embedded Weaviate on %s (data in %s)", self.url, self.data_dir)
-        self.process = subprocess.Popen(
+        self.process = _spawn(
             [str(self.binary), "--host", self.host, "--port", str(self.http_port), "--scheme", "http"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
         )
         log.close()
         try:
