@@ -19,6 +19,7 @@ from langchain_core.embeddings import Embeddings
 from ticket_rag.artifacts import ensure_default_model
 from ticket_rag.embeddings import build_embeddings
 from ticket_rag.onnx_embeddings import (
+    MAX_PADDING,
     MANIFEST_FILE,
     MODEL_FILE,
     OnnxEmbeddings,
@@ -131,6 +132,17 @@ def test_batching_and_order_do_not_change_fp32_vectors(onnx_fp32: OnnxEmbeddings
     together = np.array(onnx_fp32.embed_documents(TEXTS[::-1]))[::-1]
     alone = np.array([onnx_fp32.embed_query(t) for t in TEXTS])
     np.testing.assert_allclose(together, alone, atol=2e-5)
+
+
+def test_a_batch_of_mixed_lengths_is_split_rather_than_padded(onnx_int8: OnnxEmbeddings) -> None:
+    """Queries arriving together (a micro-batch) are cut where padding would pass MAX_PADDING of the real tokens."""
+    queries = [f"printer {'offline ' * n}again" for n in (1, 30, 1, 10, 31, 1, 10, 30)]  # 6, 24 and 64-66 tokens
+    batches = list(onnx_int8._batches(queries))
+    assert sorted(int(r) for rows, _, _ in batches for r in rows) == list(range(len(queries)))  # each text once
+    for rows, ids, mask in batches:
+        real = int(mask.sum())
+        assert ids.size <= (1 + MAX_PADDING) * real, (len(rows), ids.shape, real)
+    assert [len(rows) for rows, _, _ in batches] == [3, 2, 3]  # the short, the middle and the long ones, not one batch of 8
 
 
 def _scores(backend: Embeddings, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:

@@ -52,6 +52,10 @@ VARIANTS: tuple[str, ...] = get_args(OnnxVariant)
 MAX_SEQ_LENGTH = 384  # all-mpnet-base-v2's sentence_bert_config.json
 # Padded tokens per forward pass (see _batches).
 MAX_BATCH_TOKENS = 1024
+# Padded positions cost as much as real tokens. A batch stops growing when its padding would pass this
+# share of its real tokens: a micro-batch of queries of mixed lengths otherwise pads every short one
+# to the longest (measured: 16 queries at a time cost 40 ms CPU each, against 33 one by one).
+MAX_PADDING = 0.1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 # Bump when the export recipe changes what is produced: the cache key includes it.
@@ -447,10 +451,13 @@ class OnnxEmbeddings(Embeddings):
             # texts keep the attention tensors in cache (measured: batches of ~1,000 tokens ran 20-35% faster than 32 abstracts).
             width = int(lengths[order[start]])
             end = start + 1
+            real = width
             while end < len(order) and end - start < self.batch_size:
-                if max(width, int(lengths[order[end]])) * (end + 1 - start) > self.max_batch_tokens:
+                wider = int(lengths[order[end]])  # sorted: the newcomer is the longest yet
+                padded = wider * (end + 1 - start)
+                if padded > self.max_batch_tokens or padded > (1 + MAX_PADDING) * (real + wider):
                     break
-                width = max(width, int(lengths[order[end]]))
+                width, real = wider, real + wider
                 end += 1
             rows = order[start:end]
             start = end
