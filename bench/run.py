@@ -42,6 +42,23 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(pid: int, *, idle_share: float = 0.05, timeout: float = 60.0) -> float:
+    """Wait until a process (Weaviate after a large insert: flushes, compactions) uses under idle_share of a core."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        if cpu_seconds(pid) - before < idle_share:
+            break
+    return time.monotonic() - started
+
+
 def rss_peak_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -165,18 +182,19 @@ def main() -> int:
             writer.writeheader()
             writer.writerows(source)
         ticket_texts = [f"{t['title']} {t['description']}" for t in (map_row(r, mapping) for r in source)]
-        raw_tickets = timed(lambda: encoder.embed_documents(ticket_texts))
+        raw_before = timed(lambda: encoder.embed_documents(ticket_texts))
         imported = timed(lambda: subprocess.run(
             [sys.executable, "-m", "ticket_rag.cli", "import", str(sample), "--preset", "tobi_bueck", "--url", service.url,
              "--batch-size", "64"], cwd=ROOT, env={**env, "DATA_DIR": str(tmp / "import")}, check=True, capture_output=True,
         ))  # fmt: skip
+        raw_tickets = (raw_before + timed(lambda: encoder.embed_documents(ticket_texts))) / 2  # before and after: drift cancels
         n = len(source)
         rows.append(("ingest", f"support tickets via `ticket-rag import` ({n})", f"{n / imported:.1f} tickets/s",
                      f"raw encoder {n / raw_tickets:.1f}/s, ratio {raw_tickets / imported:.2f}"))  # fmt: skip
 
         docs, queries = scifact(size["scifact"], size["queries"])
         sci_texts = [f"{d['title']} {d['description']}" for d in docs]
-        raw_sci = timed(lambda: encoder.embed_documents(sci_texts))
+        raw_before = timed(lambda: encoder.embed_documents(sci_texts))
         service.http.post("/collections", json={"name": "scifact"})
 
         def bulk() -> None:
@@ -184,19 +202,24 @@ def main() -> int:
                 service.http.post("/tickets/bulk", json={"collection": "scifact", "tickets": docs[start : start + 64]}).raise_for_status()
 
         bulk_time = timed(bulk)
+        raw_sci = (raw_before + timed(lambda: encoder.embed_documents(sci_texts))) / 2
         m = len(docs)
         rows.append(("ingest", f"SciFact abstracts via POST /tickets/bulk ({m})", f"{m / bulk_time:.2f} docs/s",
                      f"raw encoder {m / raw_sci:.2f}/s, ratio {raw_sci / bulk_time:.2f}"))  # fmt: skip
 
         # --- search ------------------------------------------------------------------------------
-        raw_query = [timed(lambda q=q: encoder.embed_query(q)) for q in queries]
-        batch_q = timed(lambda: encoder.embed_documents(queries))
+        # Every query the service sees gets a tag (no query cache hits across runs); the raw encoder gets the same shape.
+        raw_query = [timed(lambda q=q: encoder.embed_query(f"{q} (r-{i})")) for i, q in enumerate(queries)]
+        cpu_batch = time.process_time()
+        batch_q = timed(lambda: encoder.embed_documents([f"{q} (b-{i})" for i, q in enumerate(queries)]))
+        cpu_batch = (time.process_time() - cpu_batch) * 1000 / len(queries)
         rows.append(("search", "raw query embedding (one at a time)", f"p50 {ms(pct(raw_query, 50))} ms",
-                     f"batched: {len(queries) / batch_q:.1f} queries/s"))  # fmt: skip
+                     f"batched: {len(queries) / batch_q:.1f} queries/s, {cpu_batch:.1f} ms CPU each"))  # fmt: skip
         client = connect(url=weaviate.url, grpc_url=f"127.0.0.1:{weaviate.grpc_port}")
         client.connect()
         rng = np.random.default_rng(7)
-        for count in size["collections"]:
+        cpu_rows: list[tuple[str, str, str, str]] = []
+        for index, count in enumerate(size["collections"]):
             name = f"synthetic{count}"
             service.http.post("/collections", json={"name": name}).raise_for_status()
             tenant = client.collections.use("Bench").with_tenant(name)
@@ -214,17 +237,33 @@ def main() -> int:
 
                 result = tenant.data.insert_many([DataObject(properties=o["properties"], vector=o["vector"]) for o in objects])
                 assert not result.has_errors
+            settled = settle(weaviate.process.pid) if weaviate.process else 0.0
+            for i in range(20):  # warm-up, not measured
+                service.http.post("/tickets/search", json={"query": f"warm-up {name} {i}", "collection": name}).raise_for_status()
             for clients in (1, 4, 16):
-                unique = [f"{q} (variant {clients}-{i})" for i, q in enumerate(queries * max(1, clients * 2 // len(queries) + 1))]
+                unique = [f"{q} ({index}{clients}-{i})" for i, q in enumerate(queries * {1: 1, 4: 2, 16: 3}[clients])]
                 calls = [lambda q=q: service.http.post("/tickets/search", json={"query": q, "collection": name, "limit": 10}).raise_for_status()
                          for q in unique]  # fmt: skip
+                cpu_before = (cpu_seconds(service.proc.pid), cpu_seconds(weaviate.process.pid) if weaviate.process else 0.0,
+                              time.process_time())  # fmt: skip
                 latencies, wall = load(calls, clients)
+                if clients == 16:
+                    cpu_ms = [(after - before) * 1000 / len(calls) for before, after in zip(cpu_before, (
+                        cpu_seconds(service.proc.pid), cpu_seconds(weaviate.process.pid) if weaviate.process else 0.0,
+                        time.process_time()), strict=True)]  # fmt: skip
+                    ceiling = (os.cpu_count() or 1) * 1000 / sum(cpu_ms)
+                    cpu_rows.append(("search", f"CPU per request at 16 clients, {count:,} tickets",
+                                     f"service {cpu_ms[0]:.1f} / Weaviate {cpu_ms[1]:.1f} / load generator {cpu_ms[2]:.1f} ms",
+                                     f"{os.cpu_count()}-core ceiling {ceiling:.0f} req/s; measured {len(calls) / wall:.1f} "
+                                     f"({len(calls) / wall / ceiling:.0%}); Weaviate settled {settled:.0f} s first"))  # fmt: skip
                 rows.append(("search", f"POST /tickets/search, {count:,} tickets, {clients} client(s)",
                              f"p50 {ms(pct(latencies, 50))} / p95 {ms(pct(latencies, 95))} / p99 {ms(pct(latencies, 99))} ms",
                              f"{len(calls) / wall:.1f} req/s"))  # fmt: skip
             repeated = [timed(lambda: service.http.post("/tickets/search", json={"query": queries[0], "collection": name}))
                         for _ in range(20)]  # fmt: skip
             rows.append(("search", f"repeated identical query, {count:,} tickets", f"p50 {ms(pct(repeated, 50))} ms", "query cache"))
+            rows += cpu_rows
+            cpu_rows.clear()
 
         # --- RAG -----------------------------------------------------------------------------------
         first_event, total = [], []
