@@ -17,6 +17,7 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from server import create_app
 from tests.conftest import LiveServer, make_settings
+from ticket_rag.settings import Settings
 from ticket_rag.weaviate_server import EmbeddedWeaviate, free_port
 
 TICKET = {"title": "Password reset link expired", "description": "The reset link says it has expired.", "status": "resolved"}
@@ -192,3 +193,52 @@ def test_acknowledged_tickets_survive_repeated_sigkill_during_import(
             seen.update(t["external_id"] for t in page)
             offset += 200
         assert seen == acknowledged
+
+
+class BreakableEmbeddings(Embeddings):
+    """The real model, until the test breaks it: what an ONNX Runtime or tokenizer failure at run time looks like."""
+
+    def __init__(self, inner: Embeddings) -> None:
+        self.inner = inner
+        self.broken = False
+
+    def _check(self) -> None:
+        if self.broken:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned")
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self._check()
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        self._check()
+        return self.inner.embed_query(text)
+
+
+def test_a_failing_model_gives_503_stores_nothing_and_readiness_says_why(settings: Settings, embeddings: Embeddings) -> None:
+    model = BreakableEmbeddings(embeddings)
+    llm = FakeListChatModel(responses=["Send a fresh link [T1]."] * 10)
+    with TestClient(create_app(settings, embeddings=model, llm=llm)) as client:
+        assert client.post("/tickets/", json=TICKET).status_code == 201
+        model.broken = True
+        refused = [
+            client.post("/tickets/", json={**TICKET, "title": "VPN drops every hour"}),
+            client.post("/tickets/bulk", json={"tickets": [{**TICKET, "title": "Printer offline"}]}),
+            client.post("/tickets/search", json={"query": "monitor flickers"}),
+            client.post("/rag/invoke", json={"input": {"question": "why does the monitor flicker?"}}),
+        ]
+        for response in refused:
+            assert response.status_code == 503, (response.request.url, response.text)
+            assert response.headers["retry-after"]
+        assert "embedding model" in refused[0].json()["detail"]
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["embeddings"].startswith("failing: RuntimeError")
+        assert ready.json()["weaviate"] == "ok"
+        assert client.get("/collections/default").json()["ticket_count"] == 1  # nothing stored without its vector
+        assert "ticket_rag_embedding_errors_total" in client.get("/metrics").text
+
+        model.broken = False  # the model recovers: so does the service, by itself
+        assert client.post("/tickets/", json={**TICKET, "title": "VPN drops every hour"}).status_code == 201
+        assert client.get("/health/ready").status_code == 200
+        assert client.get("/collections/default").json()["ticket_count"] == 2

@@ -82,6 +82,12 @@ class StoreUnavailable(DomainError):
     status_code = 503
 
 
+class EmbeddingUnavailable(DomainError):
+    """The embedding model failed; nothing was stored (every write embeds before it stores)."""
+
+    status_code = 503
+
+
 class UpstreamUnavailable(DomainError):
     """The LLM provider refused or failed after retries."""
 
@@ -109,7 +115,7 @@ _MEANING = {
     409: "The collection already exists.",
     413: "The body is larger than MAX_BODY_BYTES.",
     429: "Rate limit exceeded; retry after Retry-After seconds.",
-    503: "Weaviate (or the LLM) is unavailable; retry after Retry-After seconds.",
+    503: "Weaviate, the embedding model or the LLM is unavailable; retry after Retry-After seconds.",
     504: "The LLM did not answer in time.",
 }
 

@@ -38,10 +38,12 @@ async def liveness() -> Health:
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
 def readiness(state: StateDep) -> JSONResponse:
-    """Weaviate answers and the embedding model is loaded; 503 naming the failing part otherwise."""
+    """Weaviate answers and the embedding model is loaded (its last call did not fail); 503 naming the failing part otherwise."""
     url = getattr(state, "weaviate_url", None)
     weaviate_status = "ok" if url is not None and is_ready(url, timeout=2.0) else "unreachable"
-    embeddings_status = "ok" if getattr(state, "embeddings", None) is not None else "not loaded"
+    embeddings = getattr(state, "embeddings", None)
+    failing = getattr(embeddings, "last_error", None)
+    embeddings_status = "not loaded" if embeddings is None else f"failing: {failing}" if failing else "ok"
     ready = weaviate_status == "ok" and embeddings_status == "ok"
     body = Readiness(status="ready" if ready else "not ready", weaviate=weaviate_status, embeddings=embeddings_status)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

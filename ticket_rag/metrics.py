@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.embeddings import Embeddings
 from langchain_core.outputs import LLMResult
 from prometheus_client import Counter, Histogram
+
+from ticket_rag.errors import DomainError, EmbeddingUnavailable
+
+T = TypeVar("T")
 
 REQUESTS = Counter("ticket_rag_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -20,6 +25,7 @@ EMBED_SECONDS = Histogram("ticket_rag_embedding_seconds", "Time per embedding ca
 EMBED_BATCH = Histogram(
     "ticket_rag_embedding_batch_size", "Texts per embedding call", ["kind"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 )
+EMBED_ERRORS = Counter("ticket_rag_embedding_errors_total", "Embedding calls that failed", ["kind"])
 WEAVIATE_ERRORS = Counter("ticket_rag_weaviate_errors_total", "Weaviate calls that failed", ["kind"])
 LLM_SECONDS = Histogram("ticket_rag_llm_seconds", "LLM call latency", ["model"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60))
 LLM_TOKENS = Counter("ticket_rag_llm_tokens_total", "LLM tokens", ["model", "direction"])
@@ -28,26 +34,34 @@ RATE_LIMITED = Counter("ticket_rag_rate_limited_total", "Requests refused by the
 
 
 class InstrumentedEmbeddings(Embeddings):
-    """Any Embeddings, timed and counted."""
+    """Any Embeddings, timed and counted; a failure of the model becomes EmbeddingUnavailable (503) and is
+    remembered for /health/ready until the next call succeeds."""
 
     def __init__(self, inner: Embeddings) -> None:
         self.inner = inner
+        self.last_error: str | None = None
+
+    def _call(self, kind: str, count: int, fn: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        try:
+            result = fn()
+        except DomainError:
+            raise
+        except Exception as exc:
+            EMBED_ERRORS.labels(kind).inc()
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            raise EmbeddingUnavailable(f"the embedding model failed ({type(exc).__name__}); try again shortly") from exc
+        finally:
+            EMBED_SECONDS.labels(kind).observe(time.perf_counter() - started)
+            EMBED_BATCH.labels(kind).observe(count)
+        self.last_error = None
+        return result
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        started = time.perf_counter()
-        try:
-            return self.inner.embed_documents(texts)
-        finally:
-            EMBED_SECONDS.labels("documents").observe(time.perf_counter() - started)
-            EMBED_BATCH.labels("documents").observe(len(texts))
+        return self._call("documents", len(texts), lambda: self.inner.embed_documents(texts))
 
     def embed_query(self, text: str) -> list[float]:
-        started = time.perf_counter()
-        try:
-            return self.inner.embed_query(text)
-        finally:
-            EMBED_SECONDS.labels("query").observe(time.perf_counter() - started)
-            EMBED_BATCH.labels("query").observe(1)
+        return self._call("query", 1, lambda: self.inner.embed_query(text))
 
 
 class LLMMetrics(BaseCallbackHandler):
