@@ -152,6 +152,7 @@ def main() -> int:
 
     from ticket_rag.artifacts import ensure_default_model, ensure_weaviate_binary
     from ticket_rag.embeddings import build_embeddings
+    from ticket_rag.evaluation import source_commit
     from ticket_rag.importer import PRESETS, map_row
     from ticket_rag.settings import load_settings
     from ticket_rag.weaviate_server import EmbeddedWeaviate, connect, free_port
@@ -327,7 +328,7 @@ def main() -> int:
         service.close()
         weaviate.stop()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = source_commit() or "?"
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
     lines = [
         "# Benchmarks",

@@ -11,7 +11,6 @@ import gc
 import os
 import platform
 import random
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from langchain_core.embeddings import Embeddings
 
 from server import create_app
 from tests.conftest import DATASETS, ROOT, LiveServer, _drop_class
+from ticket_rag.evaluation import source_commit
 from ticket_rag.importer import PRESETS, map_row, read_rows
 from ticket_rag.settings import Settings
 
@@ -129,7 +129,7 @@ def _write_report(samples: list[Sample], elapsed: float, rss: tuple[int, int], l
             f"| {operation} | {len(mine)} | {len(mine) / elapsed:.1f} | {np.percentile(ms, 50):.0f} "
             f"| {np.percentile(ms, 99):.0f} | {ms.max():.0f} | {errors} |"
         )
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    commit = source_commit() or "?"
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
         platform.processor(),
@@ -154,7 +154,7 @@ before it writes, while concurrent searches share forward passes and repeated on
 | | |
 | --- | --- |
 | date | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC |
-| commit | {commit.strip()} (the working tree as it was) |
+| commit | {commit} |
 | machine | {cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM; {platform.system()} {platform.release()}; Python {platform.python_version()} |
 | load average at the start | {load_before:.1f} on {os.cpu_count()} cores (other jobs on the machine raise it) |
 

@@ -313,7 +313,7 @@ def _ms(seconds: Sequence[float], q: float) -> float:
     return round(float(np.percentile(seconds, q)) * 1000, 2) if seconds else 0.0
 
 
-def _commit() -> str | None:
+def source_commit() -> str | None:
     """The checkout's commit (with `+changes` when the work tree differs), or None outside a git checkout."""
     import subprocess
 
@@ -417,7 +417,7 @@ def run_eval(
         "published": PUBLISHED.get(dataset.name.lower(), []) if limit_queries is None else [],
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": source_commit(),
     }
     write_report(report, output_dir)
     return report
