@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from prometheus_client import Counter, Histogram
 from ticket_rag.errors import DomainError, EmbeddingUnavailable
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 REQUESTS = Counter("ticket_rag_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -49,7 +51,8 @@ class InstrumentedEmbeddings(Embeddings):
             raise
         except Exception as exc:
             EMBED_ERRORS.labels(kind).inc()
-            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            logger.warning("the embedding model failed: %s: %s", type(exc).__name__, str(exc)[:500])
+            self.last_error = type(exc).__name__  # /health/ready is unauthenticated: the type only, the message is logged
             raise EmbeddingUnavailable(f"the embedding model failed ({type(exc).__name__}); try again shortly") from exc
         finally:
             EMBED_SECONDS.labels(kind).observe(time.perf_counter() - started)
