@@ -219,7 +219,12 @@ def main() -> int:
         client = connect(url=weaviate.url, grpc_url=f"127.0.0.1:{weaviate.grpc_port}")
         client.connect()
         rng = np.random.default_rng(7)
-        cpu_rows: list[tuple[str, str, str, str]] = []
+
+        def cpu_now() -> tuple[float, float, float]:
+            """CPU seconds so far of the service, Weaviate and this process (the load generator)."""
+            return (cpu_seconds(service.proc.pid), cpu_seconds(weaviate.process.pid) if weaviate.process else 0.0,
+                    time.process_time())  # fmt: skip
+
         for index, count in enumerate(size["collections"]):
             name = f"synthetic{count}"
             service.http.post("/collections", json={"name": name}).raise_for_status()
@@ -245,26 +250,21 @@ def main() -> int:
                 unique = [f"{q} ({index}{clients}-{i})" for i, q in enumerate(queries * {1: 1, 4: 2, 16: 3}[clients])]
                 calls = [lambda q=q: service.http.post("/tickets/search", json={"query": q, "collection": name, "limit": 10}).raise_for_status()
                          for q in unique]  # fmt: skip
-                cpu_before = (cpu_seconds(service.proc.pid), cpu_seconds(weaviate.process.pid) if weaviate.process else 0.0,
-                              time.process_time())  # fmt: skip
+                cpu_before = cpu_now()
                 latencies, wall = load(calls, clients)
-                if clients == 16:
-                    cpu_ms = [(after - before) * 1000 / len(calls) for before, after in zip(cpu_before, (
-                        cpu_seconds(service.proc.pid), cpu_seconds(weaviate.process.pid) if weaviate.process else 0.0,
-                        time.process_time()), strict=True)]  # fmt: skip
-                    ceiling = (os.cpu_count() or 1) * 1000 / sum(cpu_ms)
-                    cpu_rows.append(("search", f"CPU per request at 16 clients, {count:,} tickets",
-                                     f"service {cpu_ms[0]:.1f} / Weaviate {cpu_ms[1]:.1f} / load generator {cpu_ms[2]:.1f} ms",
-                                     f"{os.cpu_count()}-core ceiling {ceiling:.0f} req/s; measured {len(calls) / wall:.1f} "
-                                     f"({len(calls) / wall / ceiling:.0%}); Weaviate settled {settled:.0f} s first"))  # fmt: skip
+                cpu_ms = [(after - before) * 1000 / len(calls) for before, after in zip(cpu_before, cpu_now(), strict=True)]
                 rows.append(("search", f"POST /tickets/search, {count:,} tickets, {clients} client(s)",
                              f"p50 {ms(pct(latencies, 50))} / p95 {ms(pct(latencies, 95))} / p99 {ms(pct(latencies, 99))} ms",
                              f"{len(calls) / wall:.1f} req/s"))  # fmt: skip
+            ceiling = (os.cpu_count() or 1) * 1000 / sum(cpu_ms)  # of the last (16-client) run
+            cpu_row = ("search", f"CPU per request at 16 clients, {count:,} tickets",
+                       f"service {cpu_ms[0]:.1f} / Weaviate {cpu_ms[1]:.1f} / load generator {cpu_ms[2]:.1f} ms",
+                       f"{os.cpu_count()}-core ceiling {ceiling:.0f} req/s; measured {len(calls) / wall:.1f} "
+                       f"({len(calls) / wall / ceiling:.0%}); Weaviate settled {settled:.0f} s first")  # fmt: skip
             repeated = [timed(lambda: service.http.post("/tickets/search", json={"query": queries[0], "collection": name}))
                         for _ in range(20)]  # fmt: skip
             rows.append(("search", f"repeated identical query, {count:,} tickets", f"p50 {ms(pct(repeated, 50))} ms", "query cache"))
-            rows += cpu_rows
-            cpu_rows.clear()
+            rows.append(cpu_row)
 
         # --- RAG -----------------------------------------------------------------------------------
         first_event, total = [], []

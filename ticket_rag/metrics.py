@@ -13,7 +13,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.outputs import LLMResult
 from prometheus_client import Counter, Histogram
 
-from ticket_rag.errors import DomainError, EmbeddingUnavailable
+from ticket_rag.errors import EmbeddingUnavailable
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ class InstrumentedEmbeddings(Embeddings):
         started = time.perf_counter()
         try:
             result = fn()
-        except DomainError:
-            raise
         except Exception as exc:
             EMBED_ERRORS.labels(kind).inc()
             logger.warning("the embedding model failed: %s: %s", type(exc).__name__, str(exc)[:500])
