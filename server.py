@@ -15,39 +15,70 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import langsmith
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from langchain_core.callbacks.base import BaseCallbackManager
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
-from langchain_core.callbacks.base import BaseCallbackManager
-from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableGenerator, RunnableLambda
+from langchain_core.runnables import (
+    Runnable,
+    RunnableBinding,
+    RunnableConfig,
+    RunnableGenerator,
+    RunnableLambda,
+)
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers._streaming import _StreamingCallbackHandler
 from langserve import add_routes
-import langsmith
-from pydantic import BaseModel, Field, ValidationError
+from langserve.validation import (
+    create_batch_request_model,
+    create_invoke_request_model,
+    create_stream_events_request_model,
+    create_stream_log_request_model,
+    create_stream_request_model,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from chains.llm import build_llm, describe_llm
 from chains.prompts import load_prompts
-from chains.rag import ChainOptions, PlaygroundSchema, RagInput, RagOutput, build_rag_chain, check_limits
+from chains.rag import (
+    ChainOptions,
+    PlaygroundSchema,
+    RagInput,
+    RagOutput,
+    build_rag_chain,
+    check_limits,
+)
 from chains.retrieval import TicketRetriever, build_vectorstore
 from ticket_rag import admin, health
 from ticket_rag.embeddings import build_embeddings
-from ticket_rag.errors import CollectionNotFound, error_responses, register_error_handlers
+from ticket_rag.errors import CollectionNotFound, InvalidRequest
+from ticket_rag.http_errors import error_responses, register_error_handlers
 from ticket_rag.metrics import InstrumentedEmbeddings, LLMMetrics
+from ticket_rag.observability import RequestContextMiddleware, request_id_var
 from ticket_rag.query_embeddings import QueryEmbeddings
 from ticket_rag.redaction import RedactingEmbeddings, keep, redact, redact_tree
-from ticket_rag.observability import RequestContextMiddleware, request_id_var
-from ticket_rag.security import ApiKeyStore, Gatekeeper, RateLimiter, Role, caller, collections_in
+from ticket_rag.security import (
+    ApiKeyStore,
+    Gatekeeper,
+    RateLimiter,
+    Reader,
+    Role,
+    authorized_collection,
+    caller,
+    collections_in,
+)
 from ticket_rag.settings import Settings, load_settings
+from ticket_rag.strict_json import StrictJsonMiddleware
 from ticket_rag.tickets import router as tickets_router
-from ticket_rag.tickets.schemas import CollectionName, QueryText, SearchFilters
 from ticket_rag.tickets.keywords import KeywordAnalyzer, keyword_properties
+from ticket_rag.tickets.schemas import CollectionName, QueryText, SearchFilters
 from ticket_rag.tickets.store import build_ticket_store
-from ticket_rag.weaviate_server import build_weaviate
+from ticket_rag.weaviate_server import WeaviateSupervisor, build_weaviate
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +86,26 @@ _DEFAULT_LLM: Any = object()
 
 
 class RetrieverInput(PlaygroundSchema):
+    model_config = ConfigDict(extra="forbid")
+
     query: QueryText = Field(examples=["How do I reset my password?"])
     collection: CollectionName | None = None
     filters: SearchFilters | None = None
-    k: int = Field(5, ge=1, le=50)
+    k: int = Field(5, ge=1, le=100, description="Tickets to retrieve; capped by RAG_MAX_K.")
+
+
+# The top-level fields each LangServe endpoint reads, from LangServe's own request models: a body with any
+# other field is refused, so what the scope check reads is exactly what LangServe runs.
+_ENVELOPES = {
+    endpoint: frozenset(factory("ticket_rag", Any, BaseModel).model_fields)  # type: ignore[arg-type]
+    for endpoint, factory in {
+        "invoke": create_invoke_request_model,
+        "batch": create_batch_request_model,
+        "stream": create_stream_request_model,
+        "stream_log": create_stream_log_request_model,
+        "stream_events": create_stream_events_request_model,
+    }.items()
+}
 
 
 def create_app(
@@ -85,7 +132,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client, embedded = build_weaviate(settings)
+        supervisor = WeaviateSupervisor(embedded).start() if embedded is not None else None
         try:
+            app.state.weaviate_supervisor = supervisor
             app.state.weaviate = client
             app.state.weaviate_url = embedded.url if embedded is not None else settings.weaviate_url
             app.state.embedded_weaviate = embedded
@@ -107,16 +156,23 @@ def create_app(
             )  # fmt: skip
             yield
         finally:
+            if supervisor is not None:
+                supervisor.stop()
             client.close()
             if embedded is not None:
                 embedded.stop()
 
+    production = settings.environment == "production"
     app = FastAPI(
         title="ticket-rag",
         version="0.1.0",
         summary="Support tickets in Weaviate; similar tickets, duplicates and answers grounded in past tickets.",
         lifespan=lifespan,
         max_body_size=settings.max_body_bytes,
+        # In production the API description needs a key (below) and the browser pages, which cannot send one, are off.
+        openapi_url=None if production else "/openapi.json",
+        docs_url=None if production else "/docs",
+        redoc_url=None if production else "/redoc",
     )
     app.state.settings = settings
     if settings.environment == "production" and settings.anonymous_allowed:
@@ -126,7 +182,9 @@ def create_app(
         allow_anonymous=settings.anonymous_allowed,
         admin_key=settings.admin_api_key.get_secret_value() if settings.admin_api_key else None,
         limiter=RateLimiter(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst),
+        failures=RateLimiter(per_minute=settings.auth_failures_per_minute, burst=10),
     )
+    app.add_middleware(StrictJsonMiddleware)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -140,6 +198,12 @@ def create_app(
     app.include_router(tickets_router.tickets)
     app.include_router(tickets_router.collections)
     app.include_router(admin.router)
+    if production:
+
+        @app.get("/openapi.json", include_in_schema=False)
+        def openapi(who: Reader) -> dict[str, Any]:
+            """The API description, for callers with a key."""
+            return app.openapi()
 
     retriever = TicketRetriever(
         vectorstore=lambda: app.state.vectorstore, k=settings.rag_k, alpha=settings.rag_alpha,
@@ -174,11 +238,23 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any, opti
     read_access = caller(Role.read)
 
     async def scoped(request: Request) -> None:
-        """Every LangServe endpoint needs a read key; the collections a body asks for must be in its scope."""
+        """Every LangServe endpoint needs a read key; the collections a body asks for must be in its scope.
+
+        The body may hold only the fields that endpoint's LangServe request model reads, so the collections
+        checked here are the ones LangServe will run; the runnables check them again as they run.
+        """
         principal = await read_access(request)
-        if request.method == "POST":
-            for collection in collections_in(await _json_body(request)):
-                principal.collection(collection, settings.default_collection)
+        if request.method != "POST":
+            return
+        payload = await _json_body(request)
+        endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        allowed = _ENVELOPES.get(endpoint)
+        if allowed is not None and isinstance(payload, dict):
+            for name in payload:
+                if name not in allowed:
+                    raise _invalid((name,), "extra_forbidden", f"Extra inputs are not permitted on /{endpoint}")
+        for collection in collections_in(payload, batch=endpoint == "batch"):
+            principal.collection(collection, settings.default_collection)
 
     def check_envelope(input_type: type[BaseModel]) -> Callable[[Request], Awaitable[None]]:
         """What LangServe's documented request schema says, but LangServe itself lets through into a 500.
@@ -239,7 +315,7 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any, opti
     rag = APIRouter(responses=error_responses(401, 404, 413, 429, 503, 504))
     add_routes(
         rag,
-        _traced(_outputs_only(app.state.rag_chain), "ticket_rag"),
+        _traced(_outputs_only(app.state.rag_chain, settings.default_collection), "ticket_rag"),
         path="/rag",
         input_type=RagInput,
         output_type=RagOutput,
@@ -251,9 +327,11 @@ def _add_langserve_routes(app: FastAPI, settings: Settings, retriever: Any, opti
 
     def retrieve(raw: RetrieverInput | dict[str, Any], config: Any) -> list[Document]:
         inputs = RetrieverInput.model_validate(raw) if isinstance(raw, dict) else raw
+        if inputs.k > settings.rag_max_k:
+            raise InvalidRequest(f"at most {settings.rag_max_k} tickets can be retrieved", loc=("body", "input", "k"))
         return retriever.invoke(  # type: ignore[no-any-return]
-            inputs.query, config, collection=inputs.collection or settings.default_collection,
-            filters=inputs.filters, k=min(inputs.k, settings.rag_max_k),
+            inputs.query, config, collection=authorized_collection(inputs.collection, settings.default_collection),
+            filters=inputs.filters, k=inputs.k,
         )  # fmt: skip
 
     retrieval = APIRouter(responses=error_responses(401, 404, 413, 429, 503))
@@ -307,8 +385,9 @@ def _traced(runnable: Runnable[Any, Any], name: str) -> Runnable[Any, Any]:
     return RunnableBinding(bound=runnable, config_factories=[config])
 
 
-def _outputs_only(chain: Runnable[Any, Any]) -> Runnable[Any, Any]:
-    """The chain as served: its steps stay in traces but not in stream_log / stream_events.
+def _outputs_only(chain: Runnable[Any, Any], default_collection: str) -> Runnable[Any, Any]:
+    """The chain as served: each input's collection authorized for the caller as it runs; the chain's steps in
+    traces but not in stream_log / stream_events.
 
     Those endpoints would otherwise stream every intermediate value to the client, the raw LLM
     output before it is sanitised included. The inner runs still reach LangSmith and metrics: only
@@ -329,7 +408,9 @@ def _outputs_only(chain: Runnable[Any, Any]) -> Runnable[Any, Any]:
         context = contextvars.copy_context()
         context.run(var_child_runnable_config.set, inner)
         async for item in inputs:
-            chunks = chain.astream(item, inner)
+            data = item if isinstance(item, RagInput) else RagInput.model_validate(item)
+            data = data.model_copy(update={"collection": authorized_collection(data.collection, default_collection)})
+            chunks = chain.astream(data, inner)
             try:
                 while True:
                     try:

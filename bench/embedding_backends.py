@@ -93,7 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ticket_rag.artifacts import ensure_default_model
     from ticket_rag.embeddings import build_embeddings
-    from ticket_rag.onnx_embeddings import MANIFEST_FILE, _tokenizer, build_onnx_embeddings, onnx_cache_dir
+    from ticket_rag.onnx_embeddings import (
+        MANIFEST_FILE,
+        _tokenizer,
+        build_onnx_embeddings,
+        onnx_cache_dir,
+    )
     from ticket_rag.settings import DEFAULT_MODEL_SHA256, load_settings
 
     settings = load_settings(_env_file=None, llm_provider="none")

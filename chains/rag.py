@@ -17,15 +17,25 @@ from typing import Annotated, Any, Literal
 
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator, RunnableLambda
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableGenerator,
+    RunnableLambda,
+)
 from langchain_core.runnables.utils import AddableDict
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from chains.prompts import Prompts
 from chains.retrieval import TicketRetriever
 from ticket_rag.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
 from ticket_rag.redaction import keep
-from ticket_rag.tickets.schemas import CollectionName, QueryText, SearchFilters, clean_text
+from ticket_rag.tickets.schemas import (
+    CollectionName,
+    QueryText,
+    SearchFilters,
+    clean_text,
+)
 
 NO_TICKETS_ANSWER = (
     "No past ticket matches this question closely enough to answer it. "
@@ -67,6 +77,9 @@ class ChatTurn(BaseModel):
 
 class RagInput(PlaygroundSchema):
     """What the chain takes: a question, and optionally where to look and the conversation so far."""
+
+    # A misspelt field (`colection`) is refused, not silently answered from the default collection.
+    model_config = ConfigDict(extra="forbid")
 
     question: QueryText = Field(examples=["How do I reset my password?"])
     collection: CollectionName | None = Field(None, description="Defaults to the default collection.")
@@ -114,9 +127,9 @@ class ChainOptions:
 def check_limits(data: RagInput, options: ChainOptions) -> None:
     """Refuse what the schema allows but the configured caps do not (RAG_MAX_K, RAG_MAX_HISTORY)."""
     if (data.k or options.k) > options.max_k:
-        raise InvalidRequest(f"at most {options.max_k} tickets can be retrieved", loc=("k",))
+        raise InvalidRequest(f"at most {options.max_k} tickets can be retrieved", loc=("body", "input", "k"))
     if len(data.chat_history) > options.max_history:
-        raise InvalidRequest(f"at most {options.max_history} turns are accepted", loc=("chat_history",))
+        raise InvalidRequest(f"at most {options.max_history} turns are accepted", loc=("body", "input", "chat_history"))
 
 
 def normalise_question(inputs: RagInput | dict[str, Any], options: ChainOptions) -> dict[str, Any]:
@@ -196,7 +209,7 @@ def to_sources(docs: list[Document]) -> list[dict[str, Any]]:
 
 _IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
-_HTML = re.compile(r"</?(?:img|a|iframe|script|svg)\b[^>]*>", re.I)
+_HTML = re.compile(r"</?[a-z][a-z0-9-]*\b[^>]*>", re.I)  # any HTML element: a client may render the answer
 _URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.I)
 _CITATION = re.compile(r"\[\s*(T\d+(?:\s*[,;]\s*T\d+)*)\s*\]", re.I)
 _TAG = re.compile(r"<[^>]*>")
@@ -265,14 +278,14 @@ class AnswerSanitizer:
 
 
 def _llm_error(exc: Exception) -> UpstreamUnavailable | UpstreamTimeout:
-    from chains.llm import classify_llm_error
+    from chains.llm import classify_llm_error, retry_after_seconds
 
     kind = classify_llm_error(exc)
     if kind == "timeout":
         return UpstreamTimeout("the language model did not answer in time; try again")
-    if kind == "rate_limited":
-        return UpstreamUnavailable("the language model is rate-limited; try again shortly")
-    return UpstreamUnavailable("the language model is unavailable; try again shortly")
+    if kind == "rate_limited":  # the provider's own Retry-After goes on to the client
+        return UpstreamUnavailable("the language model is rate-limited; try again shortly", retry_after_seconds(exc))
+    return UpstreamUnavailable("the language model is unavailable; try again shortly", retry_after_seconds(exc))
 
 
 # --- the chain -------------------------------------------------------------------------------------------
@@ -340,7 +353,8 @@ def build_rag_chain(
             if not refs:
                 yield AddableDict(answer=NO_TICKETS_ANSWER)
             elif llm is None:
-                yield AddableDict(answer=_listing(state["sources"]))
+                listing = AnswerSanitizer(refs)  # ticket text is untrusted: no links, images or markup in an answer
+                yield AddableDict(answer=listing.feed(_listing(state["sources"])) + listing.close())
             else:
                 generated = True
                 sanitizer = AnswerSanitizer(refs, keep_citations=not offline)

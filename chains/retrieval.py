@@ -12,8 +12,8 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from langchain_weaviate import WeaviateVectorStore
-from weaviate.classes.config import ConsistencyLevel
 from pydantic import ConfigDict, Field
+from weaviate.classes.config import ConsistencyLevel
 
 from ticket_rag.tickets.keywords import KeywordAnalyzer, keyword_properties
 from ticket_rag.tickets.schemas import SearchFilters

@@ -130,9 +130,9 @@ def _json(body: str) -> dict[str, Any]:
         ("POST", "/rag/invoke", _json("{"), 422, ["body"]),
         # 422s whose detail was a string, not the documented list.
         ("POST", "/rag/batch", {"json": {"inputs": [{"question": "x"}] * 2, "config": []}}, 422, ["body"]),
-        ("POST", "/rag/invoke", {"json": {"input": {"question": "x", "k": 21}}}, 422, ["k"]),
+        ("POST", "/rag/invoke", {"json": {"input": {"question": "x", "k": 21}}}, 422, ["body", "input", "k"]),
         # Streams that answered 200, then broke off after an `error` event.
-        ("POST", "/rag/stream", {"json": {"input": {"question": "x", "k": 21}}}, 422, ["k"]),
+        ("POST", "/rag/stream", {"json": {"input": {"question": "x", "k": 21}}}, 422, ["body", "input", "k"]),
         ("POST", "/rag/stream_log", {"json": {"input": {"question": "x", "collection": "nowhere"}}}, 404, None),
     ],
 )

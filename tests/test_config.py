@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, make_settings
-from ticket_rag.artifacts import ensure_weaviate_binary, managed_model_dir, resolve_model, verify_sha256
-from ticket_rag.settings import DEFAULT_MODEL_SHA256, ConfigError
+from ticket_rag.artifacts import (
+    ensure_weaviate_binary,
+    managed_model_dir,
+    resolve_model,
+    verify_sha256,
+)
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import DEFAULT_MODEL_SHA256
 from ticket_rag.weaviate_server import free_port
 
 

@@ -8,9 +8,9 @@ import torch
 from langchain_core.embeddings import Embeddings
 from transformers import AutoModel, AutoTokenizer
 
+from tests.conftest import make_settings
 from ticket_rag.artifacts import managed_model_dir
 from ticket_rag.embeddings import build_embeddings
-from tests.conftest import make_settings
 
 BACKENDS = ["torch", "onnx-fp32", "onnx-int8"]
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from langchain_core.embeddings import Embeddings
 
+from tests.conftest import DATASETS, _drop_class, make_settings
 from ticket_rag.cli import main
 from ticket_rag.embedding_cache import CachedEmbeddings, EmbeddingCache, model_key
 from ticket_rag.evaluation import (
@@ -28,7 +29,6 @@ from ticket_rag.evaluation import (
 )
 from ticket_rag.settings import DEFAULT_MODEL_SHA256, Settings
 from ticket_rag.tickets.store import embedded_text
-from tests.conftest import DATASETS, _drop_class, make_settings
 
 SCIFACT = DATASETS / "scifact"
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -242,3 +245,104 @@ def test_a_failing_model_gives_503_stores_nothing_and_readiness_says_why(setting
         assert client.post("/tickets/", json={**TICKET, "title": "VPN drops every hour"}).status_code == 201
         assert client.get("/health/ready").status_code == 200
         assert client.get("/collections/default").json()["ticket_count"] == 2
+
+
+def _embedded_settings(weaviate_binary: Path, tmp_path: Path) -> Settings:
+    """A service that runs its own Weaviate as a child process (no WEAVIATE_URL), as `make run` does."""
+    return make_settings(
+        weaviate_binary=weaviate_binary, data_dir=tmp_path / "data", weaviate_timeout=2.0,
+        weaviate_http_port=free_port(), weaviate_grpc_port=free_port(), rate_limit_per_minute=0,
+    )  # fmt: skip
+
+
+def _wait_until_ready(get: Any, deadline: float) -> None:
+    while get("/health/ready").status_code != 200:
+        assert time.monotonic() < deadline, "the service did not get its Weaviate back in time"
+        time.sleep(0.1)
+
+
+def test_the_service_restarts_its_embedded_weaviate_after_a_kill(
+    weaviate_binary: Path, embeddings: Embeddings, tmp_path: Path
+) -> None:
+    with TestClient(create_app(_embedded_settings(weaviate_binary, tmp_path), embeddings=embeddings)) as client:
+        ticket = client.post("/tickets/", json=TICKET).json()
+        supervisor = client.app.state.weaviate_supervisor  # type: ignore[attr-defined]
+        killed = supervisor.server.process
+        os.kill(killed.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while (ready := client.get("/health/ready")).status_code == 200:  # until the supervisor notices
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert ready.json()["weaviate"] in ("unreachable", "restarting (attempt 1)")
+        assert client.get(f"/tickets/{ticket['id']}").status_code == 503
+        _wait_until_ready(client.get, deadline)
+        assert supervisor.restarts == 1 and killed.poll() == -signal.SIGKILL  # reaped, not left defunct
+        assert client.get(f"/tickets/{ticket['id']}").json()["title"] == TICKET["title"]
+        assert client.post("/tickets/", json={**TICKET, "title": "After the restart"}).status_code == 201
+
+
+@pytest.mark.slow
+def test_twenty_kills_of_the_embedded_weaviate_during_an_import_lose_and_duplicate_nothing(
+    weaviate_binary: Path, embeddings: Embeddings, tmp_path: Path
+) -> None:
+    """4 clients create tickets (no external_id: an Idempotency-Key each, retried until acknowledged) while the
+    service's own Weaviate is SIGKILLed 20 times; the service brings it back each time by itself."""
+    acknowledged: list[str] = []
+    statuses: list[int] = []
+    recoveries: list[float] = []
+    done = threading.Event()
+
+    def client_loop(server: LiveServer, worker: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            n = 0
+            while not done.is_set():
+                title, key = f"Import {worker}-{n}", str(uuid.uuid4())
+                body = {"title": title, "description": f"VPN drops for user {worker}-{n} every hour"}
+                for _ in range(600):  # until acknowledged: a client that gave up would not know if it was stored
+                    try:
+                        response = http.post("/tickets/", json=body, headers={"Idempotency-Key": key})
+                    except httpx.HTTPError:
+                        time.sleep(0.2)
+                        continue
+                    statuses.append(response.status_code)
+                    if response.status_code == 201:
+                        acknowledged.append(title)
+                        break
+                    time.sleep(0.2)
+                n += 1
+
+    with LiveServer(create_app(_embedded_settings(weaviate_binary, tmp_path), embeddings=embeddings)) as server:
+        supervisor = server.server.config.app.state.weaviate_supervisor  # type: ignore[attr-defined]
+        workers = [threading.Thread(target=client_loop, args=(server, w)) for w in range(4)]
+        for thread in workers:
+            thread.start()
+        get = httpx.Client(base_url=server.url, timeout=10).get
+        try:
+            for _ in range(20):
+                time.sleep(1.5)  # let the import run between kills
+                before = len(acknowledged)
+                killed = time.monotonic()
+                os.kill(supervisor.server.process.pid, signal.SIGKILL)
+                time.sleep(0.6)  # the supervisor looks every 0.5 s
+                _wait_until_ready(get, killed + 120)
+                recoveries.append(time.monotonic() - killed)
+                assert len(acknowledged) >= before
+        finally:
+            done.set()
+            for thread in workers:
+                thread.join(timeout=120)
+        assert supervisor.restarts == 20
+        titles: list[str] = []
+        offset = 0
+        while page := get("/tickets/", params={"limit": 200, "offset": offset}).json()["data"]:
+            titles += [t["title"] for t in page]
+            offset += 200
+    recoveries.sort()
+    sys.stderr.write(
+        f"\n20 kills: recovery median {recoveries[10]:.2f} s, max {recoveries[-1]:.2f} s; "
+        f"{len(acknowledged)} tickets acknowledged, {len(titles)} stored, statuses {sorted(set(statuses))}\n"
+    )
+    assert len(acknowledged) > 100, "the import hardly ran between the kills"
+    assert len(titles) == len(set(titles)), "a retried create was stored twice"
+    assert set(acknowledged) <= set(titles), "an acknowledged ticket was lost"
+    assert set(statuses) <= {201, 503, 504}, statuses

@@ -16,19 +16,20 @@ import numpy as np
 import pytest
 from langchain_core.embeddings import Embeddings
 
+from tests.conftest import make_settings
 from ticket_rag.artifacts import ensure_default_model
 from ticket_rag.embeddings import build_embeddings
+from ticket_rag.errors import ConfigError
 from ticket_rag.onnx_embeddings import (
-    MAX_PADDING,
     MANIFEST_FILE,
+    MAX_PADDING,
     MODEL_FILE,
     OnnxEmbeddings,
     build_onnx_embeddings,
     ensure_onnx_model,
     onnx_cache_dir,
 )
-from ticket_rag.settings import DEFAULT_MODEL_SHA256, ConfigError
-from tests.conftest import make_settings
+from ticket_rag.settings import DEFAULT_MODEL_SHA256
 
 LONG = " ".join(
     f"Step {i}: the export job on server {i % 7} failed with a timeout while copying the nightly backup to the archive."

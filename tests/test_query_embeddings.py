@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from langchain_core.embeddings import Embeddings
 
+from tests.conftest import make_settings
 from ticket_rag.embeddings import build_embeddings
 from ticket_rag.query_embeddings import QueryEmbeddings
-from tests.conftest import make_settings
 
 
 class Counting(Embeddings):

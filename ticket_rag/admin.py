@@ -5,8 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ticket_rag.errors import error_responses
-from ticket_rag.security import Admin, ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, ApiKeyStore
+from ticket_rag.errors import Forbidden
+from ticket_rag.http_errors import error_responses
+from ticket_rag.security import (
+    Admin,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyPublic,
+    ApiKeyStore,
+)
 
 router = APIRouter(tags=["admin"], responses=error_responses(401, 403, 429, 503))
 
@@ -17,24 +24,29 @@ def _keys(request: Request) -> ApiKeyStore:
 
 @router.post("/admin/keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated, responses=error_responses(400, 413))
 def create_key(body: ApiKeyCreate, request: Request, who: Admin) -> ApiKeyCreated:
-    """Create an API key scoped to collections and a role; the key is in this response only."""
-    return _keys(request).create(body=body)
+    """Create an API key scoped to collections and a role; the key is in this response only.
+
+    An admin key scoped to some collections grants only those, never `*`, and no role above its own.
+    """
+    return _keys(request).create(body=body, granted_by=who)
 
 
 @router.get("/admin/keys", response_model=list[ApiKeyPublic])
 def list_keys(request: Request, who: Admin) -> list[ApiKeyPublic]:
-    """Every key, without secrets."""
-    return _keys(request).list()
+    """Every key within this admin key's collections, without secrets."""
+    return _keys(request).list(within=who)
 
 
 @router.delete("/admin/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))
 def revoke_key(key_id: str, request: Request, who: Admin) -> Response:
-    """Revoke a key: refused at once by this process, within API_KEY_CACHE_SECONDS by the others."""
-    _keys(request).revoke(key_id=key_id)
+    """Revoke a key within this admin key's collections: refused at once here, within API_KEY_CACHE_SECONDS elsewhere."""
+    _keys(request).revoke(key_id=key_id, within=who)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(who: Admin) -> Response:
-    """Prometheus metrics (admin role when keys are required)."""
+    """Prometheus metrics (an unscoped admin key when keys are required: they cover every collection)."""
+    if not who.unscoped:
+        raise Forbidden("the metrics cover every collection: they need an admin key for '*'")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

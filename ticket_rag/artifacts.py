@@ -18,7 +18,8 @@ import time
 import zipfile
 from pathlib import Path
 
-from ticket_rag.settings import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256, ConfigError
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ticket_rag.settings import ConfigError, Settings, load_settings
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import Settings, load_settings
 
 logger = logging.getLogger("ticket_rag")
 

@@ -11,7 +11,8 @@ from langchain_core.embeddings import Embeddings
 from langchain_huggingface import HuggingFaceEmbeddings
 
 from ticket_rag.artifacts import MODEL_ALIASES, resolve_model
-from ticket_rag.settings import DEFAULT_MODEL_SHA256, ConfigError, Settings
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import DEFAULT_MODEL_SHA256, Settings
 
 logger = logging.getLogger(__name__)
 

@@ -1,26 +1,17 @@
-"""Domain errors, and the one place that maps them to HTTP responses."""
+"""Domain errors: what stores, chains and the start-up raise. They know nothing of HTTP (see ticket_rag/http_errors.py)."""
 
 from __future__ import annotations
 
-import json
-import logging
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
-from starlette.exceptions import HTTPException
-
-logger = logging.getLogger(__name__)
+class ConfigError(Exception):
+    """A configuration or set-up problem the operator must fix; the message says how."""
 
 
 class DomainError(Exception):
-    """Base of the errors that stores and chains raise; they know nothing of HTTP."""
+    """Base of the errors that stores and chains raise; `status_code` is the HTTP status they map to."""
 
     status_code = 500
+    retry_after: int | None = None  # seconds, for the Retry-After header of a 429, 503 or 504
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -89,79 +80,14 @@ class EmbeddingUnavailable(DomainError):
 
 
 class UpstreamUnavailable(DomainError):
-    """The LLM provider refused or failed after retries."""
+    """The LLM provider refused or failed after retries; `retry_after` is the provider's own, when it sent one."""
 
     status_code = 503
+
+    def __init__(self, detail: str, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class UpstreamTimeout(DomainError):
     status_code = 504
-
-
-RETRY_AFTER_SECONDS = "5"
-
-
-class ErrorBody(BaseModel):
-    """The body of every error response but 422."""
-
-    detail: str
-
-
-_MEANING = {
-    400: "The body could not be decoded (it is not UTF-8).",
-    401: "No API key, or an unknown or revoked one.",
-    403: "The API key lacks the role (or the collection) this needs.",
-    404: "The ticket, collection or key does not exist (or is outside the API key's collections).",
-    409: "The collection already exists.",
-    413: "The body is larger than MAX_BODY_BYTES.",
-    429: "Rate limit exceeded; retry after Retry-After seconds.",
-    503: "Weaviate, the embedding model or the LLM is unavailable; retry after Retry-After seconds.",
-    504: "The LLM did not answer in time.",
-}
-
-
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI `responses` entries for these error status codes."""
-    return {code: {"model": ErrorBody, "description": _MEANING[code]} for code in codes}
-
-
-class _AsciiJSONResponse(JSONResponse):
-    """JSON with every non-ASCII character escaped: a 422 echoes the input, and a lone surrogate has no UTF-8 form."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
-
-
-def register_error_handlers(app: FastAPI) -> None:
-    """Map domain errors to status codes; anything unexpected becomes a logged, generic 500."""
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
-
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException) -> Response:
-        if exc.status_code == 422 and isinstance(exc.detail, str):  # LangServe's own 422s: one shape for all
-            detail = [{"type": "value_error", "loc": ["body"], "msg": exc.detail}]
-            return JSONResponse({"detail": detail}, status_code=422, headers=exc.headers)
-        return await http_exception_handler(request, exc)
-
-    @app.exception_handler(DomainError)
-    async def _domain(request: Request, exc: DomainError) -> JSONResponse:
-        headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status_code in (503, 504) else {}
-        if isinstance(exc, RateLimited):
-            headers["Retry-After"] = str(exc.retry_after)
-        if exc.status_code == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="ticket-rag"'
-        if exc.status_code >= 500:
-            logger.warning("%s: %s", type(exc).__name__, exc.detail)
-        if isinstance(exc, InvalidRequest):
-            detail: Any = [{"type": "value_error", "loc": list(exc.loc), "msg": exc.detail}]
-        else:
-            detail = exc.detail
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)

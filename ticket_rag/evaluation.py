@@ -45,8 +45,14 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from ticket_rag.embedding_cache import CachedEmbeddings
-from ticket_rag.settings import ConfigError, Settings
-from ticket_rag.tickets.schemas import COLLECTION_PATTERN, SearchMode, TicketCreate, not_blank
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import Settings
+from ticket_rag.tickets.schemas import (
+    COLLECTION_PATTERN,
+    SearchMode,
+    TicketCreate,
+    not_blank,
+)
 from ticket_rag.tickets.store import TicketStore, build_ticket_store, embedded_text
 from ticket_rag.weaviate_server import build_weaviate, free_port
 

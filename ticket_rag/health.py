@@ -40,7 +40,11 @@ async def liveness() -> Health:
 def readiness(state: StateDep) -> JSONResponse:
     """Weaviate answers and the embedding model is loaded (its last call did not fail); 503 naming the failing part otherwise."""
     url = getattr(state, "weaviate_url", None)
-    weaviate_status = "ok" if url is not None and is_ready(url, timeout=2.0) else "unreachable"
+    supervisor = getattr(state, "weaviate_supervisor", None)
+    if supervisor is not None and supervisor.status != "ok":
+        weaviate_status = supervisor.status  # the embedded Weaviate died and is being started again
+    else:
+        weaviate_status = "ok" if url is not None and is_ready(url, timeout=2.0) else "unreachable"
     embeddings = getattr(state, "embeddings", None)
     failing = getattr(embeddings, "last_error", None)
     embeddings_status = "not loaded" if embeddings is None else f"failing: {failing}" if failing else "ok"

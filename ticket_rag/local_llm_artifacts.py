@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ticket_rag.artifacts import sha256_file, verify_sha256
-from ticket_rag.settings import ConfigError
+from ticket_rag.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

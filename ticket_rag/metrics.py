@@ -32,6 +32,7 @@ WEAVIATE_ERRORS = Counter("ticket_rag_weaviate_errors_total", "Weaviate calls th
 LLM_SECONDS = Histogram("ticket_rag_llm_seconds", "LLM call latency", ["model"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60))
 LLM_TOKENS = Counter("ticket_rag_llm_tokens_total", "LLM tokens", ["model", "direction"])
 LLM_ERRORS = Counter("ticket_rag_llm_errors_total", "LLM calls that failed", ["model", "error"])
+WEAVIATE_RESTARTS = Counter("ticket_rag_weaviate_restarts_total", "Times the embedded Weaviate was restarted after it died")
 RATE_LIMITED = Counter("ticket_rag_rate_limited_total", "Requests refused by the rate limiter")
 
 

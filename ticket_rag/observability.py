@@ -98,8 +98,12 @@ class RequestContextMiddleware:
             if not response_started:
                 raise
             # A streamed response already told the client (LangServe sends an `error` event); re-raising
-            # now would only cut the connection with a second, noisier report.
-            logging.getLogger(__name__).exception("error after the response started")
+            # now would only cut the connection with a second, noisier report. A 413 sent while a chunked
+            # body was still arriving ends with the body limit's own signal: expected, not an error.
+            if status == 413:
+                logging.getLogger(__name__).debug("body over MAX_BODY_BYTES refused while it streamed in")
+            else:
+                logging.getLogger(__name__).exception("error after the response started")
         finally:
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"

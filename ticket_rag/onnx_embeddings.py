@@ -40,7 +40,7 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from ticket_rag.artifacts import sha256_file, verify_sha256
-from ticket_rag.settings import ConfigError
+from ticket_rag.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch

@@ -8,6 +8,7 @@ as if it did not exist.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import logging
@@ -22,12 +23,24 @@ from typing import Annotated, Any
 
 import weaviate
 from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
-from weaviate.classes.config import Configure, DataType, Property, ReplicationDeletionStrategy, Tokenization
+from starlette.concurrency import run_in_threadpool
+from weaviate.classes.config import (
+    Configure,
+    DataType,
+    Property,
+    ReplicationDeletionStrategy,
+    Tokenization,
+)
 from weaviate.classes.query import Filter
 
-from ticket_rag.errors import CollectionNotFound, Forbidden, NotFound, RateLimited, Unauthorized
+from ticket_rag.errors import (
+    CollectionNotFound,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+)
 from ticket_rag.metrics import RATE_LIMITED
 from ticket_rag.tickets.schemas import COLLECTION_PATTERN
 from ticket_rag.tickets.store import warn_if_replication_differs, weaviate_errors
@@ -51,8 +64,17 @@ class Principal:
     role: Role
     collections: frozenset[str]
 
+    @property
+    def unscoped(self) -> bool:
+        """Whether the key reaches every collection, present and future."""
+        return ALL in self.collections
+
     def can_see(self, collection: str) -> bool:
-        return ALL in self.collections or collection in self.collections
+        return self.unscoped or collection in self.collections
+
+    def covers(self, collections: Iterable[str]) -> bool:
+        """Whether every one of these collections (`*` included) is within this key's reach."""
+        return self.unscoped or all(c != ALL and c in self.collections for c in collections)
 
     def collection(self, requested: str | None, default: str) -> str:
         """The collection a request works on; a collection outside the key's scope does not exist for it."""
@@ -145,8 +167,12 @@ class ApiKeyStore:
     def _collection(self) -> Any:
         return self.client.collections.use(self.class_name)
 
-    def create(self, *, body: ApiKeyCreate) -> ApiKeyCreated:
-        """A new key; the plaintext is returned once and never stored."""
+    def create(self, *, body: ApiKeyCreate, granted_by: Principal) -> ApiKeyCreated:
+        """A new key; the plaintext is returned once and never stored. Nobody grants more than it holds."""
+        if not granted_by.covers(body.collections):
+            raise Forbidden("this API key may grant only its own collections; only an unscoped admin grants '*'")
+        if body.role > granted_by.role:
+            raise Forbidden(f"this API key may not grant the {body.role.name} role")
         key_id, secret = secrets.token_hex(4), secrets.token_urlsafe(32)
         now = datetime.now(UTC)
         props = {
@@ -158,16 +184,18 @@ class ApiKeyStore:
         public = ApiKeyPublic(**{k: v for k, v in props.items() if k != "secret_hash"})  # type: ignore[arg-type]
         return ApiKeyCreated(**public.model_dump(), api_key=f"trk_{key_id}_{secret}")
 
-    def list(self) -> list[ApiKeyPublic]:
+    def list(self, *, within: Principal) -> list[ApiKeyPublic]:
+        """The keys whose collections all lie within `within`'s reach (an unscoped admin sees every key)."""
         with weaviate_errors():
             found = self._collection.query.fetch_objects(limit=10_000)
         keys = [ApiKeyPublic(**{k: v for k, v in o.properties.items() if k != "secret_hash"}) for o in found.objects]
-        return sorted(keys, key=lambda k: k.created_at)
+        return sorted((k for k in keys if within.covers(k.collections)), key=lambda k: k.created_at)
 
-    def revoke(self, *, key_id: str) -> None:
+    def revoke(self, *, key_id: str, within: Principal) -> None:
+        """Revoke a key; a key that reaches beyond `within`'s collections does not exist for it (404)."""
         with weaviate_errors():
             found = self._collection.query.fetch_objects(filters=Filter.by_property("key_id").equal(key_id), limit=1)
-            if not found.objects:
+            if not found.objects or not within.covers(found.objects[0].properties.get("collections") or [ALL]):
                 raise NotFound(f"API key {key_id} not found")
             self._collection.data.update(uuid=found.objects[0].uuid, properties={"revoked": True})
         with self._lock:
@@ -208,7 +236,8 @@ class RateLimiter:
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def check(self, caller: str) -> None:
+    def check(self, caller: str, *, take: bool = True) -> None:
+        """Take a token for caller (only look, with take=False); RateLimited when none is left."""
         if self.per_minute <= 0:
             return
         rate = self.per_minute / 60.0
@@ -221,6 +250,8 @@ class RateLimiter:
                 retry_after = max(1, int((1.0 - tokens) / rate + 0.999))
                 RATE_LIMITED.inc()
                 raise RateLimited("rate limit exceeded; slow down", retry_after=retry_after)
+            if not take:
+                return
             self._buckets[caller] = (tokens - 1.0, now)
             if len(self._buckets) > 100_000:  # forget idle callers rather than grow without bound
                 self._buckets = dict(list(self._buckets.items())[-50_000:])
@@ -234,27 +265,41 @@ class Gatekeeper:
     allow_anonymous: bool
     admin_key: str | None
     limiter: RateLimiter
+    # Failed authentications per client address: once spent, that address gets 429 before any key is looked at.
+    failures: RateLimiter
 
     def principal(self, request: Request) -> Principal:
+        address = f"ip:{request.client.host if request.client else '-'}"
         presented = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization"))
         if presented:
-            if self.admin_key and hmac.compare_digest(presented.encode(), self.admin_key.encode()):
-                principal = Principal(key_id="admin", role=Role.admin, collections=frozenset({ALL}))
-            else:
-                principal = self.keys().authenticate(presented)
+            self.failures.check(address, take=False)
+            principal = self._authenticate(presented, address)
         elif self.allow_anonymous:
             principal = ANONYMOUS
         else:
             raise Unauthorized("an API key is required (X-API-Key header or Authorization: Bearer)")
         request.scope.setdefault("state", {})["key_id"] = principal.key_id
-        self.limiter.check(principal.key_id or f"ip:{request.client.host if request.client else '-'}")
+        self.limiter.check(principal.key_id or address)
         return principal
+
+    def _authenticate(self, presented: str, address: str) -> Principal:
+        if self.admin_key and hmac.compare_digest(presented.encode(), self.admin_key.encode()):
+            return Principal(key_id="admin", role=Role.admin, collections=frozenset({ALL}))
+        try:
+            return self.keys().authenticate(presented)
+        except Unauthorized:
+            self.failures.check(address)  # this failure spends a token; the one that finds none is a 429
+            raise
 
 
 def _bearer(header: str | None) -> str | None:
     if header and header.lower().startswith("bearer "):
         return header[7:].strip()
     return None
+
+
+# The caller of the request being served, for code that runs where no Request is at hand (the LangServe runnables).
+_current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
 
 
 def caller(role: Role) -> Callable[[Request], Awaitable[Principal]]:
@@ -265,9 +310,18 @@ def caller(role: Role) -> Callable[[Request], Awaitable[Principal]]:
         principal = await run_in_threadpool(gatekeeper.principal, request)
         principal.require(role)
         request.state.principal = principal
+        _current.set(principal)
         return principal
 
     return dependency
+
+
+def authorized_collection(requested: str | None, default: str) -> str:
+    """The collection a runnable may read for the current request's caller; fails closed when there is none."""
+    principal = _current.get()
+    if principal is None:
+        raise Unauthorized("no authenticated caller for this request")
+    return principal.collection(requested, default)
 
 
 Reader = Annotated[Principal, Depends(caller(Role.read))]
@@ -275,9 +329,11 @@ Writer = Annotated[Principal, Depends(caller(Role.write))]
 Admin = Annotated[Principal, Depends(caller(Role.admin))]
 
 
-def collections_in(payload: Any) -> Iterable[str | None]:
-    """The collections a LangServe body asks for (input.collection, or each of inputs[*].collection)."""
+def collections_in(payload: Any, *, batch: bool) -> Iterable[str | None]:
+    """The collections a LangServe body asks for: what that endpoint runs, `inputs[*]` for batch, else `input`."""
     if not isinstance(payload, dict):
         return []
-    items = payload.get("inputs") if isinstance(payload.get("inputs"), list) else [payload.get("input")]
+    items = payload.get("inputs") if batch else [payload.get("input")]
+    if not isinstance(items, list):
+        return []
     return [item.get("collection") if isinstance(item, dict) else None for item in items]

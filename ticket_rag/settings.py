@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ticket_rag.errors import ConfigError
+
 DEFAULT_MODEL_ID = "sentence-transformers/all-mpnet-base-v2"
 DEFAULT_MODEL_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 WEAVIATE_VERSION = "v1.39.3"
@@ -18,10 +20,6 @@ WEAVIATE_VERSION = "v1.39.3"
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "ticket-rag"
-
-
-class ConfigError(Exception):
-    """A configuration or set-up problem the operator must fix; the message says how."""
 
 
 class Settings(BaseSettings):
@@ -44,6 +42,8 @@ class Settings(BaseSettings):
     # Per key (or client IP for anonymous callers), per API process.
     rate_limit_per_minute: int = Field(600, ge=0)
     rate_limit_burst: int = Field(60, ge=1)
+    # Invalid API keys per client address per minute (10 at once) before that address gets 429; 0 turns it off.
+    auth_failures_per_minute: int = Field(30, ge=0)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # Replace email addresses and phone numbers before text is embedded or sent to the LLM.
     redact_pii: bool = False

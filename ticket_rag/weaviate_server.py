@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,10 +25,12 @@ import grpc
 import grpc.aio
 import weaviate
 import weaviate.connect.v4 as weaviate_v4
-from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+from weaviate.classes.init import AdditionalConfig, Auth, GrpcConfig, Timeout
 from weaviate.exceptions import WeaviateRetryError
 
-from ticket_rag.settings import ConfigError, Settings
+from ticket_rag.errors import ConfigError
+from ticket_rag.metrics import WEAVIATE_RESTARTS
+from ticket_rag.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +135,20 @@ class EmbeddedWeaviate:
             raise ConfigError(f"no weaviate-server at {self.binary}: run `make run` or `ticket-rag setup`")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
+        self._launch()
+
+    @property
+    def exited(self) -> bool:
+        """Whether the server process has ended (it is reaped here, so it never lingers as a zombie)."""
+        return self.process is not None and self.process.poll() is not None
+
+    def restart(self) -> None:
+        """Start the server again after it died, keeping the data folder's lock, and wait until it is ready."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        self._launch()
+
+    def _launch(self) -> None:
         for name, port in (("WEAVIATE_HTTP_PORT", self.http_port), ("WEAVIATE_GRPC_PORT", self.grpc_port)):
             if port_in_use(port, self.host):
                 raise ConfigError(
@@ -178,7 +195,7 @@ class EmbeddedWeaviate:
         try:
             self._wait_ready(log_path)
         except BaseException:
-            self.stop()
+            self._terminate()
             raise
 
     def _wait_ready(self, log_path: Path) -> None:
@@ -194,7 +211,13 @@ class EmbeddedWeaviate:
         raise ConfigError(f"the embedded Weaviate was not ready within {self.startup_timeout:.0f} s; log: {log_path}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server gracefully (SIGTERM), killing it if it does not exit in time."""
+        """Stop the server gracefully (SIGTERM), killing it if it does not exit in time; release the data folder."""
+        self._terminate(timeout)
+        if self._lock_fh is not None:
+            self._lock_fh.close()  # type: ignore[attr-defined]
+            self._lock_fh = None
+
+    def _terminate(self, timeout: float = 30.0) -> None:
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -204,9 +227,6 @@ class EmbeddedWeaviate:
                 logger.warning("Weaviate did not stop within %.0f s; killing it", timeout)
                 proc.kill()
                 proc.wait()
-        if self._lock_fh is not None:
-            self._lock_fh.close()  # type: ignore[attr-defined]
-            self._lock_fh = None
 
     def __enter__(self) -> EmbeddedWeaviate:
         self.start()
@@ -216,6 +236,59 @@ class EmbeddedWeaviate:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class WeaviateSupervisor:
+    """Watches the embedded Weaviate and starts it again when it dies (SIGKILL, OOM, a crash), with backoff.
+
+    `status` is "ok" or says what is under way, for /health/ready; every call meanwhile answers 503 fast.
+    """
+
+    def __init__(self, server: EmbeddedWeaviate, *, interval: float = 0.5, max_backoff: float = 30.0) -> None:
+        self.server = server
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.status = "ok"
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="weaviate-supervisor", daemon=True)
+
+    def start(self) -> WeaviateSupervisor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching (before the server itself is stopped, so a shutdown is not taken for a crash)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            process = self.server.process
+            if process is None or process.poll() is None:
+                continue
+            logger.warning("the embedded Weaviate exited (status %s); restarting it", process.returncode)
+            self._restart()
+
+    def _restart(self) -> None:
+        attempt, delay = 0, 0.5
+        while not self._stop.is_set():
+            attempt += 1
+            self.status = f"restarting (attempt {attempt})"
+            started = time.monotonic()
+            try:
+                self.server.restart()
+            except Exception as exc:  # a port still taken, a start that timed out: try again later
+                logger.warning("restarting the embedded Weaviate failed (%s); next try in %.1f s", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            self.restarts += 1
+            WEAVIATE_RESTARTS.inc()
+            self.status = "ok"
+            logger.warning("the embedded Weaviate is back after %.1f s", time.monotonic() - started)
+            return
 
 
 def is_ready(url: str, timeout: float = 2.0) -> bool:
@@ -287,6 +360,11 @@ def connect(
         skip_init_checks=True,
         additional_config=AdditionalConfig(
             timeout=Timeout(init=min(timeout, 10), query=timeout, insert=max(timeout, 30)),
+            # gRPC waits ever longer (up to 2 minutes) between reconnects to a server that went away: a
+            # restarted Weaviate would then sit unused long after it is ready. Retry at least every second.
+            grpc_config=GrpcConfig(
+                channel_options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
+            ),
         ),
     )
     return client

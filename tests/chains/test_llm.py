@@ -12,10 +12,17 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_groq import ChatGroq
 
-from chains.llm import LLMInfo, build_llm, classify_llm_error, describe_llm, retry_after_seconds
+from chains.llm import (
+    LLMInfo,
+    build_llm,
+    classify_llm_error,
+    describe_llm,
+    retry_after_seconds,
+)
 from tests.conftest import make_settings
 from tests.fakes.groq_server import CHAT_PATH, FakeGroq, Reply
-from ticket_rag.settings import ConfigError, Settings
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import Settings
 from ticket_rag.weaviate_server import free_port
 
 KEY = "gsk-test-not-a-real-key"

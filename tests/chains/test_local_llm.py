@@ -16,8 +16,13 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from chains.llm import build_llm, classify_llm_error
 from chains.local_llm import LlamaCppChatModel
 from tests.conftest import make_settings
-from ticket_rag.local_llm_artifacts import SMOLLM2_SHA256, ensure_llama_wheel, ensure_smollm2, smollm2_path
-from ticket_rag.settings import ConfigError
+from ticket_rag.errors import ConfigError
+from ticket_rag.local_llm_artifacts import (
+    SMOLLM2_SHA256,
+    ensure_llama_wheel,
+    ensure_smollm2,
+    smollm2_path,
+)
 
 needs_llama = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,

@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from langchain_core.embeddings import Embeddings
-from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
+from langchain_core.language_models.fake_chat_models import (
+    FakeListChatModel,
+    GenericFakeChatModel,
+)
 from langchain_core.messages import AIMessage, BaseMessage
 
 from server import create_app
@@ -246,10 +249,10 @@ def test_bad_input_is_422_naming_the_field(rag: tuple[TestClient, RecordingChatM
 def test_caps_on_k_history_batch_and_unknown_collection(rag: tuple[TestClient, RecordingChatModel], settings: Settings) -> None:
     client, llm = rag
     too_many = client.post("/rag/invoke", json={"input": {"question": "x", "k": settings.rag_max_k + 1}})
-    assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["k"]
+    assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["body", "input", "k"]
     history = [{"role": "human", "content": "hi"}] * (settings.rag_max_history + 1)
     long_chat = client.post("/rag/invoke", json={"input": {"question": "x", "chat_history": history}})
-    assert long_chat.status_code == 422 and long_chat.json()["detail"][0]["loc"] == ["chat_history"]
+    assert long_chat.status_code == 422 and long_chat.json()["detail"][0]["loc"] == ["body", "input", "chat_history"]
     batch = client.post("/rag/batch", json={"inputs": [{"question": "x"}] * (settings.rag_max_batch + 1)})
     assert batch.status_code == 422
     unknown = client.post("/rag/invoke", json={"input": {"question": "x", "collection": "nowhere"}})

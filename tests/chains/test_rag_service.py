@@ -61,7 +61,7 @@ def test_groq_rate_limit_becomes_503_with_retry_after(groq_client: TestClient, f
     fake_groq.default = Reply(status=429, headers={"retry-after": "0"})
     response = groq_client.post("/rag/invoke", json=QUESTION)
     assert response.status_code == 503
-    assert response.headers["retry-after"]
+    assert response.headers["retry-after"] == "1"  # Groq's own (0 s, at least 1), not the service's default of 5
     assert "rate-limited" in response.json()["detail"]
     assert len(fake_groq.requests) == 2  # one try and LLM_MAX_RETRIES=1 retry
     # CRUD and search are unaffected by the LLM being down

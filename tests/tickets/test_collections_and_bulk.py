@@ -6,8 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from langchain_core.embeddings import Embeddings
 
-from ticket_rag.settings import Settings
 from tests.conftest import _drop_class
+from ticket_rag.settings import Settings
 
 TICKET = {"title": "Cannot log in", "description": "The password reset link has expired."}
 

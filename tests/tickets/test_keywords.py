@@ -12,11 +12,12 @@ from weaviate.classes.config import Configure, DataType, Property, Tokenization
 from weaviate.classes.tenants import Tenant
 
 from server import create_app
+from tests.conftest import _drop_class, make_settings
 from ticket_rag.cli import main as cli_main
-from ticket_rag.settings import ConfigError, Settings
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import Settings
 from ticket_rag.tickets.keywords import KeywordAnalyzer
 from ticket_rag.weaviate_server import connect
-from tests.conftest import _drop_class, make_settings
 
 PASSWORD = {"title": "Password reset link expired", "description": "The user requested a new password twice."}
 PRINTER = {"title": "Printer jammed", "description": "Paper is stuck in tray B on the third floor."}

@@ -277,3 +277,37 @@ def test_similar_excludes_the_ticket_and_applies_filters(search_client: TestClie
     assert [h["ticket"]["title"] for h in filtered] == [INVOICE["title"]]
     assert search_client.get(f"/tickets/{uuid.uuid4()}/similar").status_code == 404
     assert search_client.get(f"/tickets/{login['id']}/similar", params={"limit": 0}).status_code == 422
+
+
+def test_a_retried_create_with_an_idempotency_key_stores_one_ticket(client: TestClient) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = client.post("/tickets/", json=LOGIN, headers=key)
+    again = client.post("/tickets/", json=LOGIN, headers=key)
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"] and again.json()["created"] is True
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    assert client.get("/tickets/").json()["count"] == 1
+    # a new key is a new ticket; the same text without a key is too (a ticket may be reported twice)
+    assert client.post("/tickets/", json=LOGIN, headers={"Idempotency-Key": str(uuid.uuid4())}).json()["id"] != first.json()["id"]
+    assert client.post("/tickets/", json=LOGIN).status_code == 201
+    assert client.get("/tickets/").json()["count"] == 3
+
+
+def test_an_idempotency_key_reused_for_another_ticket_is_refused(client: TestClient) -> None:
+    key = {"Idempotency-Key": "order-1"}
+    assert client.post("/tickets/", json=LOGIN, headers=key).status_code == 201
+    reused = client.post("/tickets/", json=PRINTER, headers=key)
+    assert reused.status_code == 422 and reused.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert client.post("/tickets/", json=LOGIN, headers={"Idempotency-Key": "bad key with spaces"}).status_code == 422
+    assert client.get("/tickets/").json()["count"] == 1
+
+
+def test_a_retried_bulk_with_an_idempotency_key_stores_each_ticket_once(client: TestClient) -> None:
+    body = {"tickets": [LOGIN, PRINTER, {**INVOICE, "external_id": "inv-1"}]}
+    key = {"Idempotency-Key": "import-2026-12-03-part-1"}
+    first = client.post("/tickets/bulk", json=body, headers=key)
+    again = client.post("/tickets/bulk", json=body, headers=key)
+    assert first.status_code == again.status_code == 200
+    assert [i["id"] for i in again.json()["items"]] == [i["id"] for i in first.json()["items"]]
+    assert first.json()["created"] == 3
+    assert client.get("/tickets/").json()["count"] == 3

@@ -6,14 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-
 from langchain_core.runnables import Runnable
 from starlette.concurrency import run_in_threadpool
 
 from chains.rag import RagOutput
-from ticket_rag.errors import Forbidden, error_responses
+from ticket_rag.errors import Forbidden, InvalidRequest
+from ticket_rag.http_errors import error_responses
 from ticket_rag.security import Admin, Reader, Writer
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.schemas import (
@@ -37,7 +37,7 @@ from ticket_rag.tickets.schemas import (
     TicketsPublic,
     TicketUpdate,
 )
-from ticket_rag.tickets.store import TicketStore, embedded_text
+from ticket_rag.tickets.store import TicketStore, embedded_text, idempotent_uuid
 
 
 def _store(request: Request) -> TicketStore:
@@ -138,6 +138,35 @@ def delete_collection(
 # --- tickets ------------------------------------------------------------------------------------
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+        description="A unique key per create (a UUID, say): a retry with the same key returns the first result "
+        "instead of storing the ticket again. Tickets with an external_id are idempotent by it already.",
+    ),
+]  # fmt: skip
+REPLAYED = "Idempotent-Replayed"
+
+
+def _first_attempt(
+    store: TicketStore, *, collection: str, caller: str | None, key: str, tickets: dict[int, TicketCreate]
+) -> tuple[dict[int, uuid.UUID], dict[uuid.UUID, TicketPublic]]:
+    """Each ticket's id under an Idempotency-Key (by its index in the request), and those an earlier attempt stored.
+
+    A key reused for different tickets is refused: answering with the first attempt's tickets would be wrong.
+    """
+    ids = {n: idempotent_uuid(collection, caller, key, n) for n, t in tickets.items() if t.external_id is None}
+    stored = store.get_many(ids=list(ids.values()), collection=collection)
+    for n, ticket_id in ids.items():
+        before = stored.get(ticket_id)
+        if before is not None and (before.title, before.description) != (tickets[n].title, tickets[n].description):
+            raise InvalidRequest(
+                "this Idempotency-Key was used for a different ticket; send a new key", loc=("header", "Idempotency-Key")
+            )
+    return ids, stored
+
+
 @tickets.post(
     "/",
     status_code=status.HTTP_201_CREATED,
@@ -145,40 +174,77 @@ def delete_collection(
     responses={200: {"description": "An existing ticket with the same external_id was updated."}, **WRITE_ERRORS},
 )
 def create_ticket(
-    body: TicketCreate, store: StoreDep, settings: SettingsDep, response: Response, who: Writer
+    body: TicketCreate,
+    store: StoreDep,
+    settings: SettingsDep,
+    response: Response,
+    who: Writer,
+    idempotency_key: IdempotencyKey = None,
 ) -> TicketCreated:
     """Store a ticket with its embedding; return it with the most similar tickets and possible duplicates."""
     collection = who.collection(body.collection, settings.default_collection)
+    ids, before = (
+        _first_attempt(store, collection=collection, caller=who.key_id, key=idempotency_key, tickets={0: body})
+        if idempotency_key
+        else ({}, {})
+    )
     vector = store.embed([embedded_text(body.title, body.description)])[0]
     similar = (
-        store.search_by_vector(query_vector=vector, collection=collection, limit=settings.similar_on_create)
+        store.search_by_vector(query_vector=vector, collection=collection, limit=settings.similar_on_create + 1)
         if settings.similar_on_create
         else []
     )
-    stored = store.upsert(ticket=body, collection=collection, vector=vector)
-    similar = [hit for hit in similar if hit.ticket.id != stored.ticket.id]
-    if not stored.created:
+    if 0 in ids and ids[0] in before:  # a retry of a create that was stored: its first result, nothing written
+        ticket, created = before[ids[0]], True
+        response.headers[REPLAYED] = "true"
+    else:
+        stored = store.upsert_many(tickets=[body], collection=collection, vectors=[vector], ids=[ids[0]] if ids else None)[0]
+        ticket, created = stored.ticket, stored.created
+    similar = [hit for hit in similar if hit.ticket.id != ticket.id][: settings.similar_on_create]
+    if not created:
         response.status_code = status.HTTP_200_OK
     return TicketCreated(
-        **stored.ticket.model_dump(),
-        created=stored.created,
+        **ticket.model_dump(),
+        created=created,
         similar=similar,
         possible_duplicates=[hit for hit in similar if hit.similarity >= settings.duplicate_threshold],
     )
 
 
 @tickets.post("/bulk", response_model=BulkResult, responses=WRITE_ERRORS)
-def bulk_create(body: BulkRequest, store: StoreDep, settings: SettingsDep, who: Writer) -> BulkResult:
-    """Store up to BULK_MAX_BATCH tickets in one embedding pass and one Weaviate batch; idempotent by external_id."""
+def bulk_create(
+    body: BulkRequest, store: StoreDep, settings: SettingsDep, response: Response, who: Writer,
+    idempotency_key: IdempotencyKey = None,
+) -> BulkResult:
+    """Store up to BULK_MAX_BATCH tickets in one embedding pass and one Weaviate batch; idempotent by external_id
+    (or by the Idempotency-Key header for tickets without one)."""  # fmt: skip
     _cap("body", "tickets", len(body.tickets), settings.bulk_max_batch)
     by_collection: dict[str, list[int]] = {}
     for index, ticket in enumerate(body.tickets):
         name = who.collection(ticket.collection or body.collection, settings.default_collection)
         by_collection.setdefault(name, []).append(index)
     items: list[BulkItem] = []
+    replayed = bool(idempotency_key)
     for name, indexes in by_collection.items():
-        stored = store.upsert_many(tickets=[body.tickets[i] for i in indexes], collection=name)
-        items += [BulkItem(index=i, id=s.ticket.id, created=s.created) for i, s in zip(indexes, stored, strict=True)]
+        ids, before = (
+            _first_attempt(
+                store, collection=name, caller=who.key_id, key=idempotency_key,
+                tickets={i: body.tickets[i] for i in indexes},
+            )
+            if idempotency_key
+            else ({}, {})
+        )  # fmt: skip
+        items += [BulkItem(index=i, id=ids[i], created=True) for i in indexes if ids.get(i) in before]
+        todo = [i for i in indexes if ids.get(i) not in before]
+        if not todo:
+            continue
+        replayed = False
+        stored = store.upsert_many(
+            tickets=[body.tickets[i] for i in todo], collection=name, ids=[ids.get(i) or uuid.uuid4() for i in todo]
+        )
+        items += [BulkItem(index=i, id=s.ticket.id, created=s.created) for i, s in zip(todo, stored, strict=True)]
+    if replayed:
+        response.headers[REPLAYED] = "true"
     items.sort(key=lambda item: item.index)
     created = sum(1 for item in items if item.created)
     return BulkResult(created=created, updated=len(items) - created, failed=0, items=items)

@@ -21,8 +21,8 @@ import numpy as np
 import weaviate
 from langchain_core.embeddings import Embeddings
 from weaviate.classes.config import (
-    ConsistencyLevel,
     Configure,
+    ConsistencyLevel,
     DataType,
     Property,
     ReplicationDeletionStrategy,
@@ -41,10 +41,21 @@ from weaviate.exceptions import (
     WeaviateTimeoutError,
 )
 
-from ticket_rag.errors import CollectionExists, CollectionNotFound, InvalidRequest, StoreUnavailable, TicketNotFound
+from ticket_rag.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    InvalidRequest,
+    StoreUnavailable,
+    TicketNotFound,
+)
 from ticket_rag.metrics import WEAVIATE_ERRORS
 from ticket_rag.settings import Settings
-from ticket_rag.tickets.keywords import DESCRIPTION_TERMS, TITLE_TERMS, KeywordAnalyzer, keyword_properties
+from ticket_rag.tickets.keywords import (
+    DESCRIPTION_TERMS,
+    TITLE_TERMS,
+    KeywordAnalyzer,
+    keyword_properties,
+)
 from ticket_rag.tickets.schemas import (
     SearchFilters,
     SearchHit,
@@ -70,6 +81,11 @@ def ticket_uuid(collection: str, external_id: str | None) -> uuid.UUID:
     if external_id is None:
         return uuid.uuid4()
     return uuid.uuid5(TICKET_NAMESPACE, f"{collection}\x00{external_id}")
+
+
+def idempotent_uuid(collection: str, caller: str | None, key: str, index: int = 0) -> uuid.UUID:
+    """The id of the index-th ticket created under a client's Idempotency-Key: a retry writes the same ticket."""
+    return uuid.uuid5(TICKET_NAMESPACE, f"idempotency\x00{collection}\x00{caller or ''}\x00{key}\x00{index}")
 
 
 def embedded_text(title: str, description: str) -> str:
@@ -229,12 +245,20 @@ class TicketStore:
         tickets: Sequence[TicketCreate],
         collection: str,
         vectors: Sequence[list[float]] | None = None,
+        ids: Sequence[uuid.UUID] | None = None,
     ) -> list[Upserted]:
-        """Store tickets with one embedding pass and one gRPC batch; all or nothing per call."""
+        """Store tickets with one embedding pass and one gRPC batch; all or nothing per call.
+
+        A ticket's id comes from its external_id; without one, from `ids` when given (idempotent creates),
+        else a new random id.
+        """
         if vectors is None:
             vectors = self.embed([embedded_text(t.title, t.description) for t in tickets])
         now = datetime.now(UTC)
-        ids = [ticket_uuid(collection, t.external_id) for t in tickets]
+        ids = [
+            ticket_uuid(collection, t.external_id) if t.external_id or ids is None else ids[n]
+            for n, t in enumerate(tickets)
+        ]
         existing = self._created_at_of([i for i, t in zip(ids, tickets, strict=True) if t.external_id], collection)
         objects, results = [], []
         for ticket_id, ticket, vector in zip(ids, tickets, vectors, strict=True):
@@ -257,6 +281,16 @@ class TicketStore:
                 filters=Filter.by_id().contains_any(ids), limit=len(ids), return_properties=["created_at"]
             )
         return {o.uuid: o.properties["created_at"] for o in found.objects}
+
+    def get_many(self, *, ids: Sequence[uuid.UUID], collection: str) -> dict[uuid.UUID, TicketPublic]:
+        """The tickets among these ids that exist in this collection."""
+        if not ids:
+            return {}
+        with weaviate_errors(collection):
+            found = self._tenant(collection).query.fetch_objects(
+                filters=Filter.by_id().contains_any(list(ids)), limit=len(ids), return_properties=_PUBLIC_PROPERTIES
+            )
+        return {o.uuid: _public(o.uuid, collection, o.properties) for o in found.objects}
 
     def get(self, *, ticket_id: uuid.UUID, collection: str, include_vector: bool = False) -> TicketPublic:
         """One ticket; TicketNotFound if it is not in this collection."""
