@@ -27,6 +27,7 @@ from ticket_rag.onnx_embeddings import (
     OnnxEmbeddings,
     build_onnx_embeddings,
     ensure_onnx_model,
+    int8_needs_7bit_weights,
     onnx_cache_dir,
 )
 from ticket_rag.settings import DEFAULT_MODEL_SHA256
@@ -112,13 +113,16 @@ def test_fp32_is_the_torch_model(onnx_fp32: OnnxEmbeddings, torch_vectors: np.nd
 def test_int8_stays_close_to_the_torch_model(onnx_int8: OnnxEmbeddings, torch_vectors: np.ndarray) -> None:
     """Measured on texts with words: mean 0.997, min 0.991 ("?"); on 200 SciFact abstracts mean 0.997, min 0.996.
 
+    On a CPU without VNNI the weights get 7 bits (see int8_needs_7bit_weights): measured on an AMD EPYC
+    without it, mean 0.9956, min 0.9896 ("?"), so the bounds there are 0.994 and 0.985.
     Plain dynamic int8 gave 0.87. A text with no words at all ("" or blanks: only <s> and </s>) gets
     0.967; the service never embeds one (titles, descriptions and queries must not be blank).
     """
     cosine = _rows_cosine(np.array(onnx_int8.embed_documents(TEXTS)), torch_vectors)
     worded = np.array([bool(t.strip()) for t in TEXTS])
     report = dict(zip(TEXTS, cosine.round(4), strict=True))
-    assert cosine[worded].mean() > 0.995 and cosine[worded].min() > 0.99, report
+    mean_bound, min_bound = (0.994, 0.985) if int8_needs_7bit_weights() else (0.995, 0.99)
+    assert cosine[worded].mean() > mean_bound and cosine[worded].min() > min_bound, report
     assert cosine[~worded].min() > 0.95, report
 
 
