@@ -18,7 +18,7 @@ LLAMA_STAMP := $(VENV)/.llama-cpp
 # llama-cpp-python for the offline LLM: built once from source into ~/.cache/ticket-rag/wheels/
 # (3-5 min, needs a C++ compiler), then installed from there without dependencies.
 $(LLAMA_STAMP): $(STAMP)
-	wheel=$$($(VENV)/bin/python -m ticket_rag.local_llm_artifacts wheel) && \
+	wheel=$$($(VENV)/bin/python -m ticket_rag.runtime.local_llm_artifacts wheel) && \
 	  $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "$$wheel"
 	@touch $@
 
