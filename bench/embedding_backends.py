@@ -91,9 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sentence_transformers
     import torch
 
-    from ticket_rag.artifacts import ensure_default_model
-    from ticket_rag.embeddings import build_embeddings
-    from ticket_rag.onnx_embeddings import (
+    from ticket_rag.runtime.artifacts import ensure_default_model
+    from ticket_rag.embeddings.model import build_embeddings
+    from ticket_rag.embeddings.onnx import (
         MANIFEST_FILE,
         _tokenizer,
         build_onnx_embeddings,

@@ -70,7 +70,7 @@ class Service:
     """bench/serve.py as a subprocess against the bench Weaviate."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        from ticket_rag.weaviate_server import free_port
+        from ticket_rag.runtime.weaviate import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -150,12 +150,12 @@ def main() -> int:
     from langchain_huggingface import HuggingFaceEmbeddings
     from langchain_weaviate import WeaviateVectorStore
 
-    from ticket_rag.artifacts import ensure_default_model, ensure_weaviate_binary
-    from ticket_rag.embeddings import build_embeddings
-    from ticket_rag.evaluation import source_commit
-    from ticket_rag.importer import PRESETS, map_row
+    from ticket_rag.runtime.artifacts import ensure_default_model, ensure_weaviate_binary
+    from ticket_rag.embeddings.model import build_embeddings
+    from ticket_rag.tools.evaluation import source_commit
+    from ticket_rag.tools.importer import PRESETS, map_row
     from ticket_rag.settings import load_settings
-    from ticket_rag.weaviate_server import EmbeddedWeaviate, connect, free_port
+    from ticket_rag.runtime.weaviate import EmbeddedWeaviate, connect, free_port
 
     settings = load_settings(_env_file=None, llm_provider="none")
     results: dict[str, Any] = {}
@@ -185,7 +185,7 @@ def main() -> int:
         ticket_texts = [f"{t['title']} {t['description']}" for t in (map_row(r, mapping) for r in source)]
         raw_before = timed(lambda: encoder.embed_documents(ticket_texts))
         imported = timed(lambda: subprocess.run(
-            [sys.executable, "-m", "ticket_rag.cli", "import", str(sample), "--preset", "tobi_bueck", "--url", service.url,
+            [sys.executable, "-m", "ticket_rag.tools.cli", "import", str(sample), "--preset", "tobi_bueck", "--url", service.url,
              "--batch-size", "64"], cwd=ROOT, env={**env, "DATA_DIR": str(tmp / "import")}, check=True, capture_output=True,
         ))  # fmt: skip
         raw_tickets = (raw_before + timed(lambda: encoder.embed_documents(ticket_texts))) / 2  # before and after: drift cancels
@@ -290,7 +290,7 @@ def main() -> int:
             writer.writeheader()
             writer.writerows(suraj)
         importer = subprocess.Popen(
-            [sys.executable, "-m", "ticket_rag.cli", "import", str(big), "--preset", "suraj520", "--url", service.url],
+            [sys.executable, "-m", "ticket_rag.tools.cli", "import", str(big), "--preset", "suraj520", "--url", service.url],
             cwd=ROOT, env={**env, "DATA_DIR": str(tmp / "import2")}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         health: list[float] = []

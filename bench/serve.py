@@ -11,7 +11,7 @@ import uvicorn
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from server import create_app
-from ticket_rag.observability import configure_logging
+from ticket_rag.api.observability import configure_logging
 from ticket_rag.settings import load_settings
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from langchain_groq import ChatGroq
 
 from chains.local_llm import LlamaCppChatModel
 from ticket_rag.errors import ConfigError
-from ticket_rag.local_llm_artifacts import SMOLLM2_NAME, ensure_smollm2
+from ticket_rag.runtime.local_llm_artifacts import SMOLLM2_NAME, ensure_smollm2
 from ticket_rag.settings import Settings
 
 LLMErrorKind = Literal["rate_limited", "timeout", "unavailable"]

@@ -14,7 +14,6 @@ class PromptError(ValueError):
 
 @dataclass(frozen=True)
 class Prompts:
-    system: str
     answer: ChatPromptTemplate
     condense: PromptTemplate
 
@@ -36,7 +35,6 @@ def load_prompts(folder: Path) -> Prompts:
     answer = _read(folder, "answer.md", {"context", "question"})
     condense = _read(folder, "condense.md", {"history", "question"})
     return Prompts(
-        system=system,
         answer=ChatPromptTemplate.from_messages([("system", system), ("human", answer)]),
         condense=PromptTemplate.from_template(condense),
     )

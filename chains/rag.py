@@ -29,7 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from chains.prompts import Prompts
 from chains.retrieval import TicketRetriever
 from ticket_rag.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
-from ticket_rag.redaction import keep
+from ticket_rag.embeddings.redaction import keep
 from ticket_rag.tickets.schemas import (
     CollectionName,
     QueryText,
@@ -117,7 +117,7 @@ class ChainOptions:
     model: str | None = None
     provider: str | None = None
     offline_fallback: bool = False
-    # Applied to the question and to the ticket text the LLM sees (ticket_rag.redaction.redact with REDACT_PII).
+    # Applied to the question and to the ticket text the LLM sees (ticket_rag.embeddings.redaction.redact with REDACT_PII).
     redact: Callable[[str], str] = keep
 
 

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from langchain_core.embeddings import Embeddings
 
 from server import create_app
-from ticket_rag.artifacts import ensure_weaviate_binary
-from ticket_rag.embeddings import build_embeddings
+from ticket_rag.runtime.artifacts import ensure_weaviate_binary
+from ticket_rag.embeddings.model import build_embeddings
 from ticket_rag.settings import Settings, load_settings
-from ticket_rag.weaviate_server import EmbeddedWeaviate, free_port
+from ticket_rag.runtime.weaviate import EmbeddedWeaviate, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -76,7 +76,7 @@ def client(settings: Settings, embeddings: Embeddings) -> Iterator[TestClient]:
 
 
 def _drop_class(settings: Settings) -> None:
-    from ticket_rag.weaviate_server import connect
+    from ticket_rag.runtime.weaviate import connect
 
     assert settings.weaviate_url is not None
     with connect(url=settings.weaviate_url, grpc_url=settings.weaviate_grpc_url) as wv:

@@ -17,7 +17,7 @@ from chains.llm import build_llm, classify_llm_error
 from chains.local_llm import LlamaCppChatModel
 from tests.conftest import make_settings
 from ticket_rag.errors import ConfigError
-from ticket_rag.local_llm_artifacts import (
+from ticket_rag.runtime.local_llm_artifacts import (
     SMOLLM2_SHA256,
     ensure_llama_wheel,
     ensure_smollm2,

@@ -25,8 +25,8 @@ import pytest
 from tests.conftest import ROOT
 from tests.fakes.groq_server import FakeGroq, Reply
 from tests.fakes.langsmith_collector import LangSmithCollector
-from tests.test_redaction import EMAIL, PHONE
-from ticket_rag.weaviate_server import EmbeddedWeaviate, connect, free_port
+from tests.embeddings.test_redaction import EMAIL, PHONE
+from ticket_rag.runtime.weaviate import EmbeddedWeaviate, connect, free_port
 
 LANGSMITH_KEY = "ls-test-key-xyz"
 GROQ_KEY = "gsk-test-secret"
@@ -87,7 +87,7 @@ def service(weaviate_server: EmbeddedWeaviate, tmp_path_factory: pytest.TempPath
         log = tmp / "service.log"
         with log.open("w") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "ticket_rag.cli", "serve"], cwd=ROOT, env=env,
+                [sys.executable, "-m", "ticket_rag.tools.cli", "serve"], cwd=ROOT, env=env,
                 stdout=subprocess.DEVNULL, stderr=stderr,
             )  # fmt: skip
         try:
@@ -184,7 +184,7 @@ def test_rag_invoke_arrives_as_a_tree_of_named_steps_with_the_request_id(service
     assert (output["metadata"]["request_id"], output["metadata"]["run_id"]) == ("trace-test-123", root["id"])
     assert root["outputs"]["answer"] == answer
 
-    [pipeline] = _children(tree, root)  # the served wrapper (see server._outputs_only), then the chain
+    [pipeline] = _children(tree, root)  # the served wrapper (see ticket_rag.api.langserve_routes._outputs_only), then the chain
     assert pipeline["name"] == "rag_pipeline"
     steps = _children(tree, pipeline)
     assert [r["name"] for r in steps] == STEPS

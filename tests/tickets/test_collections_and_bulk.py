@@ -79,11 +79,11 @@ def test_a_changed_replication_factor_is_reported_not_applied(
 ) -> None:
     """An existing collection keeps its factor (changing it moves shards); the start-up log says so."""
     from ticket_rag.tickets.store import TicketStore
-    from ticket_rag.weaviate_server import connect
+    from ticket_rag.runtime.weaviate import connect
 
     assert settings.weaviate_url is not None
     with connect(url=settings.weaviate_url, grpc_url=settings.weaviate_grpc_url) as wv:
-        store = TicketStore(client=wv, embeddings=client.app.state.embeddings, class_name=settings.weaviate_class, replication_factor=3)
+        store = TicketStore(client=wv, embeddings=client.app.state.services.embeddings, class_name=settings.weaviate_class, replication_factor=3)
         with caplog.at_level("WARNING", logger="ticket_rag.tickets.store"):
             store.ensure_schema(default_collection="default")
         assert wv.collections.use(settings.weaviate_class).config.get().replication_config.factor == 1
@@ -98,7 +98,7 @@ def test_the_rag_retriever_reads_at_the_configured_consistency(settings: Setting
     from server import create_app
 
     with TestClient(create_app(settings.model_copy(update={"weaviate_consistency": level}), embeddings=embeddings)) as client:
-        assert client.app.state.vectorstore._collection.consistency_level == ConsistencyLevel(level)
+        assert client.app.state.services.vectorstore._collection.consistency_level == ConsistencyLevel(level)
         client.post("/tickets/", json=TICKET)
         response = client.post("/retriever/invoke", json={"input": {"query": "password reset link"}})
         assert response.status_code == 200 and len(response.json()["output"]) == 1

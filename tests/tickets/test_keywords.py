@@ -13,11 +13,11 @@ from weaviate.classes.tenants import Tenant
 
 from server import create_app
 from tests.conftest import _drop_class, make_settings
-from ticket_rag.cli import main as cli_main
+from ticket_rag.tools.cli import main as cli_main
 from ticket_rag.errors import ConfigError
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.keywords import KeywordAnalyzer
-from ticket_rag.weaviate_server import connect
+from ticket_rag.runtime.weaviate import connect
 
 PASSWORD = {"title": "Password reset link expired", "description": "The user requested a new password twice."}
 PRINTER = {"title": "Printer jammed", "description": "Paper is stuck in tray B on the third floor."}

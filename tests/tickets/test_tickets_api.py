@@ -128,7 +128,7 @@ def test_patch_of_priority_does_not_re_embed_but_description_does(settings: Sett
     counting = CountingEmbeddings(embeddings)
     with TestClient(create_app(settings, embeddings=counting)) as client:
         ticket = _create(client, LOGIN)
-        store = client.app.state.store  # type: ignore[attr-defined]
+        store = client.app.state.services.store  # type: ignore[attr-defined]
         ticket_id = uuid.UUID(str(ticket["id"]))
         before = np.array(store.get_vector(ticket_id=ticket_id, collection="default"))
 

@@ -8,14 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from langchain_core.runnables import Runnable
 from starlette.concurrency import run_in_threadpool
 
 from chains.rag import RagOutput
 from ticket_rag.errors import Forbidden, InvalidRequest
-from ticket_rag.http_errors import error_responses
-from ticket_rag.security import Admin, Reader, Writer
-from ticket_rag.settings import Settings
+from ticket_rag.api.http_errors import error_responses
+from ticket_rag.api.deps import Admin, RagChainDep, Reader, SettingsDep, StoreDep, Writer
 from ticket_rag.tickets.schemas import (
     COLLECTION_PATTERN,
     BulkItem,
@@ -40,21 +38,6 @@ from ticket_rag.tickets.schemas import (
 from ticket_rag.tickets.store import TicketStore, embedded_text, idempotent_uuid
 
 
-def _store(request: Request) -> TicketStore:
-    return request.app.state.store  # type: ignore[no-any-return]
-
-
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
-
-
-def _rag_chain(request: Request) -> Runnable[Any, Any]:
-    return request.app.state.rag_chain  # type: ignore[no-any-return]
-
-
-StoreDep = Annotated[TicketStore, Depends(_store)]
-RagChainDep = Annotated[Runnable[Any, Any], Depends(_rag_chain)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
 CollectionQuery = Annotated[str | None, Query(pattern=COLLECTION_PATTERN, description="Defaults to the default collection.")]
 
 # Every route needs a key and Weaviate; each ticket route works in a collection that may not exist.
@@ -247,7 +230,7 @@ def bulk_create(
         response.headers[REPLAYED] = "true"
     items.sort(key=lambda item: item.index)
     created = sum(1 for item in items if item.created)
-    return BulkResult(created=created, updated=len(items) - created, failed=0, items=items)
+    return BulkResult(created=created, updated=len(items) - created, items=items)
 
 
 @tickets.get("/", response_model=TicketsPublic)
@@ -319,8 +302,7 @@ def update_ticket(
 ) -> TicketPublic:
     """Change some fields; the ticket is re-embedded only when its title or description changes."""
     name = who.collection(collection, settings.default_collection)
-    ticket, _ = store.update(ticket_id=ticket_id, collection=name, changes=body)
-    return ticket
+    return store.update(ticket_id=ticket_id, collection=name, changes=body)
 
 
 @tickets.delete("/{ticket_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(403))

@@ -153,16 +153,16 @@ class BulkRequest(_Strict):
 
 
 class BulkItem(BaseModel):
-    index: int
-    id: uuid.UUID | None = None
-    created: bool | None = None
-    error: str | None = None
+    index: int = Field(description="The ticket's position in the request.")
+    id: uuid.UUID
+    created: bool = Field(description="False when an existing ticket with the same external_id was updated.")
 
 
 class BulkResult(BaseModel):
+    """A bulk write is all or nothing: every ticket is stored, or the request fails and none is."""
+
     created: int
     updated: int
-    failed: int
     items: list[BulkItem]
 
 

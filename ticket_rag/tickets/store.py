@@ -48,7 +48,7 @@ from ticket_rag.errors import (
     StoreUnavailable,
     TicketNotFound,
 )
-from ticket_rag.metrics import WEAVIATE_ERRORS
+from ticket_rag.runtime.metrics import WEAVIATE_ERRORS
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.keywords import (
     DESCRIPTION_TERMS,
@@ -292,9 +292,9 @@ class TicketStore:
             )
         return {o.uuid: _public(o.uuid, collection, o.properties) for o in found.objects}
 
-    def get(self, *, ticket_id: uuid.UUID, collection: str, include_vector: bool = False) -> TicketPublic:
+    def get(self, *, ticket_id: uuid.UUID, collection: str) -> TicketPublic:
         """One ticket; TicketNotFound if it is not in this collection."""
-        obj = self._get_object(ticket_id, collection, include_vector=include_vector)
+        obj = self._get_object(ticket_id, collection, include_vector=False)
         return _public(obj.uuid, collection, obj.properties)
 
     def get_vector(self, *, ticket_id: uuid.UUID, collection: str) -> list[float]:
@@ -310,8 +310,8 @@ class TicketStore:
             raise TicketNotFound(f"ticket {ticket_id} not found in collection '{collection}'")
         return obj
 
-    def update(self, *, ticket_id: uuid.UUID, collection: str, changes: TicketUpdate) -> tuple[TicketPublic, bool]:
-        """Apply a partial update; re-embed only when the embedded text changes. Returns (ticket, re-embedded)."""
+    def update(self, *, ticket_id: uuid.UUID, collection: str, changes: TicketUpdate) -> TicketPublic:
+        """Apply a partial update; re-embed only when the embedded text changes."""
         current = self.get(ticket_id=ticket_id, collection=collection)
         patch = changes.model_dump(exclude_unset=True)
         merged = current.model_copy(update=patch)
@@ -325,7 +325,7 @@ class TicketStore:
             props.update(self.analyzer.properties(title=merged.title, description=merged.description))
         with weaviate_errors(collection):
             self._tenant(collection).data.update(uuid=ticket_id, properties=props, vector=vector)
-        return merged.model_copy(update={"updated_at": now}), vector is not None
+        return merged.model_copy(update={"updated_at": now})
 
     def delete(self, *, ticket_id: uuid.UUID, collection: str) -> None:
         """Delete a ticket; it is gone from every search at once."""

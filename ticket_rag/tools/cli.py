@@ -1,0 +1,224 @@
+"""The `ticket-rag` command: serve, setup, import, eval, reindex."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import Settings, load_settings
+
+logger = logging.getLogger("ticket_rag")
+
+
+def _prepare(settings: Settings) -> None:
+    """Fetch and verify what the service needs before it starts: Weaviate, the embedding model, the local LLM."""
+    from ticket_rag.runtime.artifacts import ensure_weaviate_binary
+    from ticket_rag.embeddings.model import prepare_embeddings
+
+    if settings.embedded_weaviate and settings.weaviate_binary is None:
+        ensure_weaviate_binary(settings.cache_dir, settings.weaviate_version)
+    if settings.embedded_weaviate and settings.weaviate_binary is not None and not settings.weaviate_binary.is_file():
+        raise ConfigError(f"WEAVIATE_BINARY: no file at {settings.weaviate_binary}")
+    prepare_embeddings(settings)
+    from chains.llm import describe_llm
+    from ticket_rag.runtime.local_llm_artifacts import ensure_smollm2
+
+    info = describe_llm(settings)
+    if info is not None and info.provider == "local":
+        ensure_smollm2(settings.cache_dir)
+
+
+def _check_ports(settings: Settings, host: str, port: int) -> None:
+    from ticket_rag.runtime.weaviate import port_in_use
+
+    wanted = [("PORT", port, host)]
+    if settings.embedded_weaviate:
+        wanted += [
+            ("WEAVIATE_HTTP_PORT", settings.weaviate_http_port, "127.0.0.1"),
+            ("WEAVIATE_GRPC_PORT", settings.weaviate_grpc_port, "127.0.0.1"),
+        ]
+    for name, number, where in wanted:
+        if port_in_use(number, where):
+            raise ConfigError(
+                f"port {number} on {where} is taken: stop what runs there, or set {name} to a free port"
+                + (" (or WEAVIATE_URL to use a Weaviate that already runs)" if name != "PORT" else "")
+            )
+
+
+def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    _prepare(settings)
+    logger.info("ready: the Weaviate binary and the embedding model are in %s", settings.cache_dir)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from server import create_app
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    _check_ports(settings, host, port)
+    _prepare(settings)
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=20)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from ticket_rag.tools.importer import Importer, parse_mapping
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise ConfigError(f"no file at {path}")
+    try:
+        mapping = parse_mapping(args.preset, args.map or [])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    importer = Importer(
+        url=args.url or f"http://{settings.host}:{settings.port}",
+        collection=args.collection,
+        batch_size=args.batch_size,
+        api_key=args.api_key,
+        checkpoint_dir=settings.data_dir / "imports",
+    )
+    try:
+        report = importer.run(path, mapping, fmt=args.format, restart=args.restart)
+    except RuntimeError as exc:
+        print(f"ticket-rag: import stopped: {exc}; run the same command again to resume", file=sys.stderr)
+        return 1
+    for failure in report.failures:
+        print(f"failed {failure}", file=sys.stderr)
+    print(
+        f"{report.rows} rows: {report.created} created, {report.updated} updated, "
+        f"{len(report.failures)} failed, {report.skipped} already imported (resumed)"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from ticket_rag.tools.evaluation import markdown_report, parse_mode, run_eval
+
+    try:
+        modes = [parse_mode(m, default_alpha=settings.hybrid_alpha) for m in args.modes] if args.modes else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    report = run_eval(
+        dataset_dir=Path(args.dataset),
+        output_dir=Path(args.output),
+        settings=settings,
+        modes=modes,
+        limit_queries=args.limit_queries,
+        collection=args.collection,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        batch_size=args.batch_size,
+    )
+    print(markdown_report(report))
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    """Recompute the keyword terms of stored tickets (after an upgrade, or after KEYWORD_STEMMER changed)."""
+    from ticket_rag.errors import CollectionNotFound, StoreUnavailable
+    from ticket_rag.tickets.keywords import KeywordAnalyzer
+    from ticket_rag.tickets.store import add_missing_term_properties, reindex_keywords
+    from ticket_rag.runtime.weaviate import build_weaviate
+
+    client, embedded = build_weaviate(settings)
+    try:
+        if not client.collections.exists(settings.weaviate_class):
+            raise ConfigError(f"no Weaviate collection {settings.weaviate_class}: nothing to reindex")
+        add_missing_term_properties(client, settings.weaviate_class)
+        names = args.collection or sorted(client.collections.use(settings.weaviate_class).tenants.get())
+        analyzer = KeywordAnalyzer(settings.keyword_stemmer)
+        for name in names:
+            try:
+                count = reindex_keywords(client, class_name=settings.weaviate_class, analyzer=analyzer, collection=name)
+            except (CollectionNotFound, StoreUnavailable) as exc:
+                raise ConfigError(f"reindex of {name} stopped: {exc}") from None
+            print(f"{name}: {count} tickets reindexed ({settings.keyword_stemmer} stemming)")
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticket-rag", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the API (embedded Weaviate unless WEAVIATE_URL is set)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=cmd_serve)
+    setup = sub.add_parser("setup", help="build/fetch and verify the Weaviate binary and the model weights")
+    setup.set_defaults(func=cmd_setup)
+    imp = sub.add_parser("import", help="import a CSV or JSONL export into a running service")
+    imp.add_argument("file")
+    imp.add_argument("--collection", default=None, help="target collection (default: the service's default)")
+    imp.add_argument("--preset", choices=["tobi_bueck", "suraj520"], default=None, help="a known dataset's mapping")
+    imp.add_argument("--map", action="append", metavar="FIELD=COLUMN", help="map a ticket field to a column; tags=a+b")
+    imp.add_argument("--format", choices=["csv", "jsonl"], default=None, help="default: from the file name")
+    imp.add_argument("--url", default=None, help="the service (default: http://HOST:PORT from the settings)")
+    imp.add_argument("--api-key", default=None)
+    imp.add_argument("--batch-size", type=int, default=64)
+    imp.add_argument("--restart", action="store_true", help="ignore the checkpoint of an earlier run")
+    imp.set_defaults(func=cmd_import)
+    ev = sub.add_parser("eval", help="retrieval quality on a BEIR-format dataset, through the service's own store")
+    ev.add_argument("--dataset", required=True, help="a folder with corpus.jsonl, queries.jsonl and qrels/test.tsv")
+    ev.add_argument("--output", required=True, help="the folder for results.json and results.md")
+    ev.add_argument(
+        "--modes", nargs="+", default=None, metavar="MODE",
+        help="vector, keyword, hybrid:ALPHA (default: vector keyword hybrid:0.3 hybrid:0.5 hybrid:0.7)",
+    )  # fmt: skip
+    ev.add_argument("--limit-queries", type=int, default=None, metavar="N", help="only the first N judged queries")
+    ev.add_argument(
+        "--collection", default=None, help="ingest into this collection and keep it (default: a fresh one, dropped at the end)"
+    )
+    ev.add_argument("--data-dir", default=None, help="the embedded Weaviate's data folder (default: a temporary one)")
+    ev.add_argument("--batch-size", type=int, default=64, help="documents per upsert_many call")
+    ev.set_defaults(func=cmd_eval)
+    rx = sub.add_parser(
+        "reindex", help="recompute stored tickets' keyword terms (stop an embedded-mode service first; vectors are kept)"
+    )
+    rx.add_argument("--collection", action="append", default=None, help="only this collection (repeatable; default: all)")
+    rx.set_defaults(func=cmd_reindex)
+    return parser
+
+
+def _export_tracing_env(env_file: str = ".env") -> None:
+    """LangSmith reads its own variables from the process environment; let `.env` set them too."""
+    import os
+
+    from dotenv import dotenv_values
+
+    for key, value in dotenv_values(env_file).items():
+        if key.startswith(("LANGSMITH_", "LANGCHAIN_")) and value is not None:
+            os.environ.setdefault(key, value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ticket_rag.api.observability import configure_logging
+
+    args = build_parser().parse_args(argv)
+    _export_tracing_env()
+    try:
+        settings = load_settings()
+        configure_logging(level=settings.log_level, json_lines=settings.log_json)
+        return int(args.func(args, settings))
+    except ConfigError as exc:
+        print(f"ticket-rag: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
