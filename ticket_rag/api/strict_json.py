@@ -1,9 +1,10 @@
 """Refuse JSON bodies no route should ever parse, before any route (FastAPI's or LangServe's) sees them.
 
 Python's json module accepts what RFC 8259 does not (NaN, Infinity, numbers past the float range, duplicate
-keys) and recurses on nesting: each of these reached a 500 somewhere downstream (a 422 that could not echo NaN,
-a RecursionError in validation). One strict parse here gives every route the same 422 instead. Bodies that are
-not JSON at all pass through untouched: the routes answer those as they always did.
+keys, UTF-16 and UTF-32) and recurses on nesting: each of these reached a 500 somewhere downstream (a 422 that
+could not echo NaN, a RecursionError in validation) or was read differently by different parsers. One strict
+parse here gives every route the same 422 instead. UTF-8 bodies that are not JSON at all pass through
+untouched: the routes answer those as they always did.
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ def _depth(value: Any) -> int:
 
 
 def refusal(body: bytes) -> str | None:
-    """Why this body is refused, or None when it is strict JSON (or no JSON at all, left to the route)."""
+    """Why this body is refused, or None when it is strict JSON (or UTF-8 that is no JSON at all, left to the route)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return None
+        return "the body is not UTF-8 (JSON must be, RFC 8259)"
     try:
         parsed = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int, object_pairs_hook=_object)
     except _Refused as exc:
