@@ -466,44 +466,66 @@ def nested_object(depth: int = DEPTH) -> str:
     return '{"a":' * depth + "{}" + "}" * depth
 
 
-def hostile_bodies(op: Operation, collection: str) -> list[tuple[str, bytes, str]]:
-    """(case, body, content type): hostile values in every field of the body, and hostile whole bodies."""
+HOSTILE_KINDS = ("non-finite numbers", "huge integers", "deep nesting", "duplicate keys", "encodings")
+
+
+def hostile_bodies(op: Operation, collection: str) -> dict[str, list[tuple[str, bytes]]]:
+    """Hostile JSON bodies by kind: hostile values in every field of the body, and hostile whole bodies."""
     assert op.body is not None
     minimal = example(op.body, collection)
     full = example(op.body, collection, full=True)
-    literals = {
-        "NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity", "1e400": "1e400",
-        "a 5000-digit integer": BIG_INT, f"lists nested {DEPTH} deep": nested_list(),
-    }  # fmt: skip
-    cases: list[tuple[str, bytes, str]] = []
-    for path in paths_of(full):
-        token = f"__hostile_{uuid.uuid4().hex}__"
-        text = json.dumps(set_path(minimal, path, token, fill_from=full))
-        for name, literal in literals.items():
-            cases.append((f"{name} at {_dotted(path)}", text.replace(f'"{token}"', literal).encode(), "application/json"))
-    valid = json.dumps(minimal)
+    leaves = [p for p in paths_of(full) if not isinstance(get_path(full, p), (dict, list))]
     objects = [p for p in paths_of(full) if isinstance(get_path(full, p), dict)]
-    for name, literal in {"NaN": "NaN", "Infinity": "Infinity", "1e400": "1e400"}.items():
-        cases.append((f"{name} as the body", literal.encode(), "application/json"))
-    cases += [
-        (f"the body: lists nested {DEPTH} deep", nested_list().encode(), "application/json"),
-        (f"the body: objects nested {DEPTH} deep", nested_object().encode(), "application/json"),
-        (f"objects nested {DEPTH} deep beside the body", _with_extra(minimal, "zz_extra", nested_object()), "application/json"),
+    cases: dict[str, list[tuple[str, bytes]]] = {kind: [] for kind in HOSTILE_KINDS}
+
+    def at(path: tuple[Any, ...], literal: str) -> bytes:
+        token = f"__hostile_{uuid.uuid4().hex}__"
+        return json.dumps(set_path(minimal, path, token, fill_from=full)).replace(f'"{token}"', literal).encode()
+
+    for path in leaves:
+        for literal in ("NaN", "Infinity", "1e400"):
+            cases["non-finite numbers"].append((f"{literal} at {_dotted(path)}", at(path, literal)))
+        cases["huge integers"].append((f"a 5000-digit integer at {_dotted(path)}", at(path, BIG_INT)))
+    cases["non-finite numbers"] += [(f"{literal} as the body", literal.encode()) for literal in ("NaN", "-Infinity", "1e400")]
+    cases["huge integers"].append(("a 5000-digit integer as the body", BIG_INT.encode()))
+
+    for path in paths_of(full):
+        cases["deep nesting"].append((f"lists nested {DEPTH} deep at {_dotted(path)}", at(path, nested_list())))
+    cases["deep nesting"] += [
+        (f"the body: lists nested {DEPTH} deep", nested_list().encode()),
+        (f"the body: objects nested {DEPTH} deep", nested_object().encode()),
+        (f"objects nested {DEPTH} deep in an unknown field of the body", _with_extra(minimal, "zz_extra", nested_object())),
     ]
-    for path in objects:  # every object gets a nested object in an unknown field, and a duplicate key
-        cases.append((f"objects nested {DEPTH} deep in {_dotted(path)}", _with_extra(set_path(minimal, path, get_path(full, path), fill_from=full), "zz_extra", nested_object(), path), "application/json"))
+    for path in objects:
+        body = set_path(minimal, path, get_path(full, path), fill_from=full)
+        cases["deep nesting"].append((f"objects nested {DEPTH} deep in an unknown field of {_dotted(path)}", _with_extra(body, "zz_extra", nested_object(), path)))
+
     for path in paths_of(minimal):
         if isinstance(path[-1], str):
             key, value = json.dumps(path[-1]), json.dumps(get_path(minimal, path))
             token = f"__dup_{uuid.uuid4().hex}__"
-            text = json.dumps(set_path(minimal, path, token))
-            duplicated = text.replace(f'{key}: "{token}"', f"{key}: {value}, {key}: {value}")
-            cases.append((f"duplicate key {_dotted(path)}", duplicated.encode(), "application/json"))
+            text = json.dumps(set_path(minimal, path, token)).replace(f'{key}: "{token}"', f"{key}: {value}, {key}: {value}")
+            cases["duplicate keys"].append((f"duplicate key {_dotted(path)}", text.encode()))
+
+    text = json.dumps(_with_text(minimal, full))
     for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32"):
-        cases.append((f"the valid body encoded as {encoding}", valid.encode(encoding), "application/json"))
-    cases.append(("the valid body in latin-1 with a non-ASCII character", valid.replace(FILLER, FILLER + " \u00e9").replace(QUESTION, QUESTION + " \u00e9").encode("latin-1"), "application/json"))
-    cases.append(("bytes that are no text", b"\xff\xfe\x00\xd8\x00", "application/json"))
+        cases["encodings"].append((f"the valid body encoded as {encoding}", text.encode(encoding)))
+    accented = text.replace(FILLER, FILLER + " \u00e9").replace(QUESTION, QUESTION + " \u00e9")
+    cases["encodings"] += [
+        ("the valid body in latin-1, with a non-ASCII character", accented.encode("latin-1")),
+        ("bytes that are no text", b"\xff\xfe\x00\xd8\x00"),
+    ]
     return cases
+
+
+def _with_text(minimal: Any, full: Any) -> Any:
+    """The minimal body, with a text field from the full one if it has none (so an encoding has text to change)."""
+    if FILLER in json.dumps(minimal) or QUESTION in json.dumps(minimal):
+        return minimal
+    for path in paths_of(full):
+        if get_path(full, path) in (FILLER, QUESTION):
+            return set_path(minimal, path, get_path(full, path), fill_from=full)
+    return minimal
 
 
 def _with_extra(body: Any, key: str, raw_value: str, path: tuple[Any, ...] = ()) -> bytes:
