@@ -511,10 +511,9 @@ def hostile_bodies(op: Operation, collection: str) -> dict[str, list[tuple[str, 
     for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32"):
         cases["encodings"].append((f"the valid body encoded as {encoding}", text.encode(encoding)))
     accented = text.replace(FILLER, FILLER + " \u00e9").replace(QUESTION, QUESTION + " \u00e9")
-    cases["encodings"] += [
-        ("the valid body in latin-1, with a non-ASCII character", accented.encode("latin-1")),
-        ("bytes that are no text", b"\xff\xfe\x00\xd8\x00"),
-    ]
+    if accented != text:  # a body without free text (a collection name) has nowhere to put one
+        cases["encodings"].append(("the valid body in latin-1, with a non-ASCII character", accented.encode("latin-1")))
+    cases["encodings"].append(("bytes that are no text", b"\xff\xfe\x00\xd8\x00"))
     return cases
 
 
