@@ -66,7 +66,6 @@ class Targets:
 
     b_ticket_ids: list[str]
     foreign_key_ids: list[str]
-    a_ticket_id: str
     collection_a: str = "a"
     collection_b: str = "b"
     extra_path_values: list[str] = field(default_factory=list)
@@ -428,7 +427,7 @@ def _query_variants(op: Operation, targets: Targets) -> Iterator[tuple[str, list
     yield "?collection=b", [("collection", b)]
     yield "?collection=a&collection=b", [("collection", a), ("collection", b)]
     yield "?collection=b&collection=a", [("collection", b), ("collection", a)]
-    yield "?Collection=b", [("collection", a), ("Collection", b)]
+    yield "?collection=a&Collection=b", [("collection", a), ("Collection", b)]
     for param in op.query_params:
         if param.name == "collection" or not _plain_string(param.schema):
             continue

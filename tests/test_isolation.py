@@ -193,7 +193,6 @@ def world(
         targets = Targets(
             b_ticket_ids=stored["b"][:2],
             foreign_key_ids=[key.split("_")[1] for key in foreign],
-            a_ticket_id=stored["a"][0],
             extra_path_values=["", "index.html"],
         )
         guard = Guard(client=client, b_bodies={i: bodies[i] for i in stored["b"]})
@@ -231,9 +230,9 @@ def _problems(response: httpx.Response) -> list[str]:
         if event == "error" and isinstance(data, dict) and int(data.get("status_code") or 500) >= 500:
             problems.append(f"a 5xx error event in the stream: {data}")
     if 200 <= response.status_code < 300 and "json" in response.headers.get("content-type", ""):
-        for key in _api_keys_in(response.json()):
-            if not set(key["collections"]) <= {"a"}:
-                problems.append(f"a key reaching beyond a in the response: {key['key_id']} for {key['collections']}")
+        beyond = [f"{k['key_id']} for {k['collections']}" for k in _api_keys_in(response.json()) if not set(k["collections"]) <= {"a"}]
+        if beyond:
+            problems.append(f"{len(beyond)} keys reaching beyond a in the response: {', '.join(beyond)}")
     return problems
 
 
