@@ -499,14 +499,15 @@ def hostile_bodies(op: Operation, collection: str) -> dict[str, list[tuple[str, 
         body = set_path(minimal, path, get_path(full, path), fill_from=full)
         cases["deep nesting"].append((f"objects nested {DEPTH} deep in an unknown field of {_dotted(path)}", _with_extra(body, "zz_extra", nested_object(), path)))
 
-    for path in paths_of(minimal):
+    valid = _with_text(minimal, full)  # a body with no field at all (an update) has no key to write twice
+    for path in paths_of(valid):
         if isinstance(path[-1], str):
-            key, value = json.dumps(path[-1]), json.dumps(get_path(minimal, path))
+            key, value = json.dumps(path[-1]), json.dumps(get_path(valid, path))
             token = f"__dup_{uuid.uuid4().hex}__"
-            text = json.dumps(set_path(minimal, path, token)).replace(f'{key}: "{token}"', f"{key}: {value}, {key}: {value}")
+            text = json.dumps(set_path(valid, path, token)).replace(f'{key}: "{token}"', f"{key}: {value}, {key}: {value}")
             cases["duplicate keys"].append((f"duplicate key {_dotted(path)}", text.encode()))
 
-    text = json.dumps(_with_text(minimal, full))
+    text = json.dumps(valid)
     for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32"):
         cases["encodings"].append((f"the valid body encoded as {encoding}", text.encode(encoding)))
     accented = text.replace(FILLER, FILLER + " \u00e9").replace(QUESTION, QUESTION + " \u00e9")
