@@ -350,8 +350,11 @@ def attacks(op: Operation, targets: Targets) -> list[Attack]:
                 add(f"duplicate key {slot!r} ({order})", url, (), raw=_duplicate(body_a, body_b, path, order))
         else:  # a list item: the a list with b added, and b alone
             add(f"list at {_dotted(path[:-1])} mixing a and b", url, (), set_path(body_a, path[:-1], [get_path(body_a, path), get_path(body_b, path)]))
-    for enum_path, last in _last_enums(op.body, body_b):
+    for enum_path, last in _last_enums(op.body, body_b):  # the highest role, say, for b or for every collection
         add(f"body b with {_dotted(enum_path)} at its highest value", url, (), set_path(body_b, enum_path, last))
+        for value in extras["collections"]:
+            mutated = set_path({**body_a, "collections": value}, enum_path, last)
+            add(f"body a + collections={json.dumps(value)} with {_dotted(enum_path)} at its highest value", url, (), mutated)
     return found
 
 
