@@ -60,3 +60,9 @@ def test_a_valid_body_still_reaches_the_route_whole(client: TestClient) -> None:
     response = client.post("/tickets/", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 201
     assert client.get(f"/tickets/{response.json()['id']}").json()["description"].count("paper") == 2000
+
+
+def test_utf16_without_a_byte_order_mark_is_refused_too() -> None:
+    """ASCII text in UTF-16 without a BOM is valid UTF-8 (with NULs), and json.loads(bytes) would read it as UTF-16."""
+    assert "not UTF-8" in (refusal('{"query": "x"}'.encode("utf-16-le")) or "")
+    assert "not UTF-8" in (refusal('{"query": "x"}'.encode("utf-16-be")) or "")

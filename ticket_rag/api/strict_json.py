@@ -65,6 +65,8 @@ def refusal(body: bytes) -> str | None:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
+        text = "\x00"
+    if "\x00" in text:  # never in UTF-8 JSON; UTF-16/32 of ASCII text is otherwise valid UTF-8, read by json.loads(bytes)
         return "the body is not UTF-8 (JSON must be, RFC 8259)"
     try:
         parsed = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int, object_pairs_hook=_object)

@@ -4,7 +4,7 @@ The app runs with an admin key and no anonymous access, over the session's real 
 fake chat model that echoes nothing of its context and once with LLM_PROVIDER=none (whose answer lists the
 tickets). Collections `a` and `b` hold tickets; every text field of b's tickets, and the names of b's keys, carry a
 marker stored nowhere else. Keys scoped to ["a"] (read, write, admin) then send every shape of
-tests/isolation_attacks.py to every operation: no response or stream event may carry b's marker, none may be a
+tests/auth/isolation_attacks.py to every operation: no response or stream event may carry b's marker, none may be a
 5xx, no key reaching beyond `a` may be listed, and after each write attempt the bootstrap admin checks that b,
 its tickets and its keys are as they were and that no key beyond `a` appeared.
 
@@ -14,7 +14,7 @@ Hostile JSON (deep nesting, NaN and infinities, huge numbers, duplicate keys, bo
 RFC 8259 8.1 requires) goes to every POST and PATCH operation of the OpenAPI document: a 4xx with a JSON
 `detail`, never a 5xx, never accepted.
 
-Run: .venv/bin/python -m pytest tests/test_isolation.py (about two and a half minutes on two cores); the
+Run: .venv/bin/python -m pytest tests/auth/test_isolation.py (about two and a half minutes on two cores); the
 `every_operation_was_attacked` tests print how many (route x shape x key) combinations were sent.
 """
 
@@ -36,8 +36,8 @@ from weaviate.classes.query import Filter
 
 from server import create_app
 from tests.conftest import _drop_class, make_settings
-from tests.isolation_attacks import HOSTILE_KINDS, Attack, Operation, Targets, attacks, example, hostile_bodies, operations
-from ticket_rag.weaviate_server import EmbeddedWeaviate
+from tests.auth.isolation_attacks import HOSTILE_KINDS, Attack, Operation, Targets, attacks, example, hostile_bodies, operations
+from ticket_rag.runtime.weaviate import EmbeddedWeaviate
 
 ADMIN = "admin-key-0123456789abcdefghijkl"
 B_MARKER = f"LEAKMARKER{uuid.uuid4().hex}"  # in every text field of b's tickets and in the names of b's keys
@@ -148,7 +148,7 @@ class Guard:
 
     def _unrevoke(self, key_id: str) -> None:
         """Put a revoked key back (there is no route for that, by design), straight in its Weaviate collection."""
-        store = self.client.app.state.api_keys  # type: ignore[attr-defined]
+        store = self.client.app.state.services.api_keys  # type: ignore[attr-defined]
         keys = store.client.collections.use(store.class_name)
         found = keys.query.fetch_objects(filters=Filter.by_property("key_id").equal(key_id), limit=1).objects
         keys.data.update(uuid=found[0].uuid, properties={"revoked": False})
