@@ -122,6 +122,8 @@ def _lifespan(settings: Settings, embeddings: Embeddings | None) -> Any:
                 cache_seconds=settings.api_key_cache_seconds, replication_factor=settings.weaviate_replication_factor,
             )  # fmt: skip
             api_keys.ensure_schema()
+            if supervisor is not None:
+                supervisor.probe = api_keys.ping
             app.state.services = Services(
                 store=store,
                 api_keys=api_keys,

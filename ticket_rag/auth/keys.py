@@ -201,6 +201,11 @@ class ApiKeyStore:
         with self._lock:
             self._cache.pop(key_id, None)
 
+    def ping(self) -> None:
+        """One read through the client's gRPC channel; raises StoreUnavailable while Weaviate cannot answer it."""
+        with weaviate_errors():
+            self._collection.query.fetch_objects(limit=1, return_properties=["key_id"])
+
     def authenticate(self, presented: str) -> Principal:
         """The principal of a presented key; Unauthorized for a malformed, unknown or revoked key."""
         parts = presented.split("_")

@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -242,6 +243,8 @@ class WeaviateSupervisor:
     """Watches the embedded Weaviate and starts it again when it dies (SIGKILL, OOM, a crash), with backoff.
 
     `status` is "ok" or says what is under way, for /health/ready; every call meanwhile answers 503 fast.
+    `probe`, once set, is a call through the service's own client: the status turns "ok" only when it
+    succeeds (the server answering its HTTP probe is not yet the client's gRPC channel reconnected).
     """
 
     def __init__(self, server: EmbeddedWeaviate, *, interval: float = 0.5, max_backoff: float = 30.0) -> None:
@@ -250,6 +253,7 @@ class WeaviateSupervisor:
         self.max_backoff = max_backoff
         self.status = "ok"
         self.restarts = 0
+        self.probe: Callable[[], object] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="weaviate-supervisor", daemon=True)
 
@@ -286,9 +290,21 @@ class WeaviateSupervisor:
                 continue
             self.restarts += 1
             WEAVIATE_RESTARTS.inc()
+            self._wait_for_the_client()
             self.status = "ok"
             logger.warning("the embedded Weaviate is back after %.1f s", time.monotonic() - started)
             return
+
+
+    def _wait_for_the_client(self, timeout: float = 60.0) -> None:
+        self.status = "restarting (reconnecting)"
+        deadline = time.monotonic() + timeout
+        while self.probe is not None and not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                self.probe()
+                return
+            except Exception:  # still reconnecting, or its shards still loading
+                self._stop.wait(0.2)
 
 
 def is_ready(url: str, timeout: float = 2.0) -> bool:
