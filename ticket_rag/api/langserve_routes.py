@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -53,7 +53,7 @@ class RetrieverInput(PlaygroundSchema):
 # The top-level fields each LangServe endpoint reads, from LangServe's own request models: a body with any
 # other field is refused, so what the scope check reads is exactly what LangServe runs.
 _ENVELOPES = {
-    endpoint: frozenset(factory("ticket_rag", Any, BaseModel).model_fields)  # type: ignore[arg-type]
+    endpoint: frozenset(factory("ticket_rag", Any, BaseModel).model_fields)
     for endpoint, factory in {
         "invoke": create_invoke_request_model,
         "batch": create_batch_request_model,
@@ -190,10 +190,11 @@ def _served_retriever(retriever: Runnable[Any, Any], settings: Settings) -> Runn
         inputs = RetrieverInput.model_validate(raw) if isinstance(raw, dict) else raw
         if inputs.k > settings.rag_max_k:
             raise InvalidRequest(f"at most {settings.rag_max_k} tickets can be retrieved", loc=("body", "input", "k"))
-        return retriever.invoke(
+        docs: list[Document] = retriever.invoke(
             inputs.query, config, collection=authorized_collection(inputs.collection, settings.default_collection),
             filters=inputs.filters, k=inputs.k,
         )  # fmt: skip
+        return docs
 
     return RunnableLambda(retrieve, name="retrieve_tickets").with_types(
         input_type=RetrieverInput, output_type=list[Document]
@@ -256,15 +257,22 @@ def _outputs_only(chain: Runnable[Any, Any], default_collection: str) -> Runnabl
         async for item in inputs:
             data = item if isinstance(item, RagInput) else RagInput.model_validate(item)
             data = data.model_copy(update={"collection": authorized_collection(data.collection, default_collection)})
-            chunks = chain.astream(data, inner)
+            chunks = cast(AsyncGenerator[Any, None], chain.astream(data, inner))  # astream is an async generator
             try:
                 while True:
                     try:
-                        chunk = await asyncio.create_task(anext(chunks), context=context)  # type: ignore[arg-type]
+                        chunk: Any = await asyncio.create_task(_next(chunks), context=context)
                     except StopAsyncIteration:
                         break
                     yield chunk
             finally:  # close the steps (and end their runs) also when a later step failed
-                await asyncio.create_task(chunks.aclose(), context=context)  # type: ignore[arg-type]
+                await asyncio.create_task(chunks.aclose(), context=context)
 
-    return RunnableGenerator(served, name="ticket_rag").with_types(input_type=RagInput, output_type=RagOutput)
+    # RunnableGenerator is typed for a one-argument function; it passes the config to one that takes it too.
+    served_chain: Runnable[Any, Any] = RunnableGenerator(served, name="ticket_rag")  # type: ignore[arg-type]
+    return served_chain.with_types(input_type=RagInput, output_type=RagOutput)
+
+
+async def _next(chunks: AsyncGenerator[Any, None]) -> Any:
+    """anext() as a coroutine, which asyncio.create_task needs (anext returns an awaitable, not a coroutine)."""
+    return await anext(chunks)

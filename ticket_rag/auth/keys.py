@@ -141,7 +141,6 @@ class ApiKeyStore:
             if self.client.collections.exists(self.class_name):
                 warn_if_replication_differs(self.client, self.class_name, self.replication_factor)
                 return
-            field_text = {"data_type": DataType.TEXT, "tokenization": Tokenization.FIELD, "index_searchable": False}
             self.client.collections.create(
                 self.class_name,
                 description="ticket-rag API keys (hashed)",
@@ -153,7 +152,9 @@ class ApiKeyStore:
                     deletion_strategy=ReplicationDeletionStrategy.TIME_BASED_RESOLUTION,
                 ),
                 properties=[
-                    Property(name="key_id", **field_text),
+                    Property(
+                        name="key_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False
+                    ),
                     Property(name="secret_hash", data_type=DataType.TEXT, index_filterable=False, index_searchable=False),
                     Property(name="name", data_type=DataType.TEXT, index_searchable=False),
                     Property(name="role", data_type=DataType.INT),
@@ -181,7 +182,7 @@ class ApiKeyStore:
         }  # fmt: skip
         with weaviate_errors():
             self._collection.data.insert(props)
-        public = ApiKeyPublic(**{k: v for k, v in props.items() if k != "secret_hash"})  # type: ignore[arg-type]
+        public = ApiKeyPublic.model_validate({k: v for k, v in props.items() if k != "secret_hash"})
         return ApiKeyCreated(**public.model_dump(), api_key=f"trk_{key_id}_{secret}")
 
     def list(self, *, within: Principal) -> list[ApiKeyPublic]:

@@ -30,7 +30,7 @@ def build_embeddings(settings: Settings) -> Embeddings:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
     try:
         embeddings = HuggingFaceEmbeddings(
             model_name=model,
@@ -49,11 +49,11 @@ def prepare_embeddings(settings: Settings) -> None:
         settings.embedding_model, cache_dir=settings.cache_dir, expected_sha256=settings.embedding_sha256
     )
     if settings.embedding_backend != "torch":
-        from ticket_rag.embeddings.onnx import OnnxVariant, ensure_onnx_model
+        from ticket_rag.embeddings.onnx import ensure_onnx_model
 
         _check_local(settings, model)
         ensure_onnx_model(
-            Path(model), settings.cache_dir, cast(OnnxVariant, settings.embedding_backend), source_sha256=_source_sha256(settings)
+            Path(model), settings.cache_dir, settings.embedding_backend, source_sha256=_source_sha256(settings)
         )
 
 

@@ -143,7 +143,8 @@ def _encoder_forward(model: Any) -> torch.nn.Module:
 
         scores = torch.matmul(split(attn.q(h)), split(attn.k(h)).transpose(-1, -2)) / math.sqrt(size) + bias
         context = torch.matmul(scores.softmax(-1), split(attn.v(h)))
-        return attn.o(context.transpose(1, 2).reshape(b, s, d))
+        out: torch.Tensor = attn.o(context.transpose(1, 2).reshape(b, s, d))
+        return out
 
     class Encoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -161,7 +162,8 @@ def _encoder_forward(model: Any) -> torch.nn.Module:
                 attention = layer.attention
                 h = attention.LayerNorm(self_attention(attention.attn, h, bias) + h)
                 h = layer.output(layer.intermediate(h), h)
-            return h
+            out: torch.Tensor = h
+            return out
 
     return Encoder().eval()
 
@@ -170,7 +172,7 @@ def _load_torch_model(model_dir: Path) -> Any:
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
     model = AutoModel.from_pretrained(model_dir, local_files_only=True)
     if model.config.model_type != "mpnet":
         raise ConfigError(f"the ONNX backends support MPNet models (all-mpnet-base-v2); {model_dir} is {model.config.model_type}")
@@ -484,11 +486,13 @@ class OnnxEmbeddings(Embeddings):
         """Vectors for documents, batched by length."""
         if not texts:
             return []
-        return self.embed_array(texts).tolist()
+        vectors: list[list[float]] = self.embed_array(texts).tolist()
+        return vectors
 
     def embed_query(self, text: str) -> list[float]:
         """The vector of one query."""
-        return self.embed_array([text])[0].tolist()
+        vector: list[float] = self.embed_array([text])[0].tolist()
+        return vector
 
 
 def ensure_onnx_model(model_dir: Path, cache_dir: Path, variant: OnnxVariant, *, source_sha256: str | None = None) -> Path:

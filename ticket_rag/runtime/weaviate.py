@@ -69,7 +69,10 @@ _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weaviate-spawne
 
 
 def _spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    return _spawner.submit(subprocess.Popen, args, preexec_fn=_die_with_parent, **kwargs).result()
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, preexec_fn=_die_with_parent, **kwargs)
+
+    return _spawner.submit(spawn).result()
 
 
 class EmbeddedWeaviate:
@@ -334,7 +337,7 @@ class _BoundedRetry:
             try:
                 return f(*args, **kwargs)
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > deadline:  # type: ignore[attr-defined]
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > deadline:
                     raise WeaviateRetryError(str(exc), count) from exc
                 time.sleep(delay)
                 delay, count = delay * 2, count + 1
@@ -355,7 +358,8 @@ def connect(
     *, url: str, grpc_url: str | None = None, api_key: str | None = None, timeout: float = 10.0
 ) -> weaviate.WeaviateClient:
     """A connected sync client for the Weaviate at url (gRPC on grpc_url, default same host :50051)."""
-    weaviate_v4._Retry = _BoundedRetry  # type: ignore[attr-defined,misc]
+    # A private name of the pinned weaviate-client, guarded by tests/runtime/test_private_apis.py.
+    weaviate_v4._Retry = _BoundedRetry  # type: ignore[attr-defined,assignment]
     http = urlparse(url)
     http_secure = http.scheme == "https"
     http_port = http.port or (443 if http_secure else 80)
