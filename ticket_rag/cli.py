@@ -1,4 +1,4 @@
-"""The `ticket-rag` command: serve, setup, import, eval, reindex."""
+"""The `ticket-rag` command: serve, setup, import, eval, reindex, compress."""
 
 from __future__ import annotations
 
@@ -150,6 +150,34 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace, settings: Settings) -> int:
+    """Turn on VECTOR_COMPRESSION for the Weaviate collection that already holds the tickets (in place)."""
+    from ticket_rag.tickets.compression import CompressionChangeRefused, current_compression, enable_compression
+    from ticket_rag.weaviate_server import build_weaviate
+
+    client, embedded = build_weaviate(settings)
+    try:
+        if not client.collections.exists(settings.weaviate_class):
+            raise ConfigError(f"no Weaviate collection {settings.weaviate_class}: a new one is created with VECTOR_COMPRESSION")
+        before = current_compression(client, settings.weaviate_class)
+        try:
+            changed = enable_compression(
+                client, settings.weaviate_class, settings.vector_compression, rescore_limit=settings.vector_rescore_limit
+            )
+        except CompressionChangeRefused as exc:
+            raise ConfigError(str(exc)) from None
+        if changed:
+            print(f"{settings.weaviate_class}: vector compression {before} -> {settings.vector_compression}; Weaviate "
+                  "compresses the stored vectors in the background (searches keep working meanwhile)")  # fmt: skip
+        else:
+            print(f"{settings.weaviate_class}: already {before}; nothing to do")
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ticket-rag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rx.add_argument("--collection", action="append", default=None, help="only this collection (repeatable; default: all)")
     rx.set_defaults(func=cmd_reindex)
+    cp = sub.add_parser(
+        "compress", help="turn on VECTOR_COMPRESSION for the collection that holds the tickets (in place; stop an embedded-mode service first)"
+    )
+    cp.set_defaults(func=cmd_compress)
     return parser
 
 
