@@ -152,7 +152,12 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_compress(args: argparse.Namespace, settings: Settings) -> int:
     """Turn on VECTOR_COMPRESSION for the Weaviate collection that already holds the tickets (in place)."""
-    from ticket_rag.tickets.compression import CompressionChangeRefused, current_compression, enable_compression
+    from ticket_rag.tickets.compression import (
+        CompressionChangeRefused,
+        current_compression,
+        enable_compression,
+        wait_until_compressed,
+    )
     from ticket_rag.weaviate_server import build_weaviate
 
     client, embedded = build_weaviate(settings)
@@ -167,8 +172,13 @@ def cmd_compress(args: argparse.Namespace, settings: Settings) -> int:
         except CompressionChangeRefused as exc:
             raise ConfigError(str(exc)) from None
         if changed:
-            print(f"{settings.weaviate_class}: vector compression {before} -> {settings.vector_compression}; Weaviate "
-                  "compresses the stored vectors in the background (searches keep working meanwhile)")  # fmt: skip
+            print(f"{settings.weaviate_class}: vector compression {before} -> {settings.vector_compression}; "
+                  "compressing the stored vectors (searches keep working meanwhile)", flush=True)  # fmt: skip
+            left = wait_until_compressed(client, settings.weaviate_class, timeout=args.wait)
+            if left:
+                print(f"still compressing after {args.wait:.0f} s: {', '.join(left)} (Weaviate goes on in the background)")
+            else:
+                print("every loaded collection is compressed; the others are compressed when they next load")
         else:
             print(f"{settings.weaviate_class}: already {before}; nothing to do")
     finally:
@@ -220,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser(
         "compress", help="turn on VECTOR_COMPRESSION for the collection that holds the tickets (in place; stop an embedded-mode service first)"
     )
+    cp.add_argument("--wait", type=float, default=3600, help="seconds to wait for the compression to finish (default 3600)")
     cp.set_defaults(func=cmd_compress)
     return parser
 

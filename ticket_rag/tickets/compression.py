@@ -21,6 +21,7 @@ collection and a re-import. ``enable_compression`` is that one allowed step.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Literal, get_args
 
 import weaviate
@@ -123,6 +124,20 @@ def enable_compression(
     )
     logger.info("turned on %s vector compression for Weaviate collection %s", compression, class_name)
     return True
+
+
+def uncompressed_tenants(client: weaviate.WeaviateClient, class_name: str) -> list[str]:
+    """Tenants loaded on some node whose vector index is not compressed (yet): empty once compression has finished."""
+    nodes = client.cluster.nodes(collection=class_name, output="verbose")
+    return sorted({s.name for n in nodes for s in (n.shards or []) if s.loaded is not False and not s.compressed})
+
+
+def wait_until_compressed(client: weaviate.WeaviateClient, class_name: str, *, timeout: float) -> list[str]:
+    """Wait until every loaded tenant's index is compressed; the tenants still uncompressed at the timeout."""
+    deadline = time.monotonic() + timeout
+    while (left := uncompressed_tenants(client, class_name)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
 
 
 def warn_if_compression_differs(client: weaviate.WeaviateClient, class_name: str, compression: str) -> None:
