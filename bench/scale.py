@@ -207,7 +207,7 @@ def run_one(
             for f in pending:
                 f.result()
         sent = time.perf_counter() - started
-        settled = settle(pid, idle_share=0.1, timeout=600)
+        settled = settle(pid, idle_share=0.1, timeout=300)
         imported = time.perf_counter() - started
         count = tenant.aggregate.over_all(total_count=True).total_count
         result.update(
@@ -276,6 +276,12 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _merged(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier rows not measured again, then this run's; sorted by size, then compression as planned."""
+    keys = {(r["size"], r["compression"]) for r in new}
+    return sorted([r for r in earlier if (r["size"], r["compression"]) not in keys] + new, key=lambda r: r["size"])
+
+
 def write_section(path: Path, section: str) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if BEGIN in text and END in text:
@@ -300,6 +306,7 @@ def main() -> int:
     parser.add_argument("--max-connections", type=int, default=None)
     parser.add_argument("--workdir", default=None, help="where the Weaviate data goes (default: a temporary folder)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--append", action="store_true", help="keep the other rows of the last run's JSON in the table")
     args = parser.parse_args()
     if args.quick:
         args.plan, args.queries, args.scifact_docs = ["5000:none,rq8"], 200, 100
@@ -319,8 +326,9 @@ def main() -> int:
     hnsw = {k: v for k, v in (("ef_construction", args.ef_construction), ("max_connections", args.max_connections)) if v}
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ticket-rag-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    results = []
     out_json = Path(args.output).with_name("benchmarks-scale.json")
+    earlier = json.loads(out_json.read_text())["results"] if args.append and out_json.exists() else []
+    results: list[dict[str, Any]] = []
     for size, compressions in plan:
         started = time.perf_counter()
         truth = exact_top10(base, size, queries)
@@ -331,9 +339,10 @@ def main() -> int:
                         truth=truth, settings=settings, workdir=workdir, batch=args.batch, writers=args.writers,
                         extra_env=extra_env, hnsw=hnsw)  # fmt: skip
             print(json.dumps(r), flush=True)
+            r["run"] = {"at": f"{datetime.now(UTC):%Y-%m-%d %H:%M}", "commit": source_commit() or "?"}
             results.append(r)
             if not args.quick:
-                out_json.write_text(json.dumps({"results": results}, indent=1))
+                out_json.write_text(json.dumps({"results": _merged(earlier, results)}, indent=1))
     total = time.perf_counter() - began
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?")  # fmt: skip
@@ -350,15 +359,16 @@ def main() -> int:
         f"Python {platform.python_version()}, Weaviate {settings.weaviate_version}; {options}; {len(base.vectors):,} real base "
         f"vectors, {len(queries):,} queries; whole run {total / 60:.0f} min. How the vectors are made: the docstring of "
         "bench/scale.py. Import time runs until Weaviate is idle again; latencies are TicketStore.search_by_vector with "
-        "the query vector given (10 results with their properties); recall@10 is against brute-force exact search.",
+        "the query vector given (10 results with their properties); recall@10 is against brute-force exact search. "
+        "Rows kept from an earlier run (--append) carry their own date and commit in docs/benchmarks-scale.json.",
         "",
-        *table(results),
+        *table(_merged(earlier, results)),
         END,
     ])  # fmt: skip
     print(section)
     if not args.quick:
         write_section(Path(args.output), section)
-        out_json.write_text(json.dumps({"results": results, "total_seconds": round(total, 1), "command": command}, indent=1))
+        out_json.write_text(json.dumps({"results": _merged(earlier, results), "total_seconds": round(total, 1), "command": command}, indent=1))
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
