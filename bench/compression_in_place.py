@@ -11,6 +11,7 @@ search. Prints one line per step; changes nothing outside a temporary folder.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -79,6 +80,7 @@ def main() -> int:
                 except Exception as exc:  # a collection that no longer loads
                     state = f"FAILS: {str(exc)[:120]}"
                 print(f"after a restart, {name} ({current_compression(client, name)}): {state}")
+    shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 
