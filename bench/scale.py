@@ -306,11 +306,16 @@ def main() -> int:
     parser.add_argument("--max-connections", type=int, default=None)
     parser.add_argument("--workdir", default=None, help="where the Weaviate data goes (default: a temporary folder)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
-    parser.add_argument("--append", action="store_true", help="keep the other rows of the last run's JSON in the table")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                        help="results of other runs (their benchmarks-scale.json) to keep in the table, unless measured again")
+    parser.add_argument("--render-only", action="store_true", help="measure nothing: write the table of the --merge files")
     args = parser.parse_args()
     if args.quick:
         args.plan, args.queries, args.scifact_docs = ["5000:none,rq8"], 200, 100
     plan = [(int(size), comps.split(",")) for size, comps in (p.split(":") for p in (args.plan or DEFAULT_PLAN))]
+    earlier = [r for path in args.merge for r in json.loads(Path(path).read_text())["results"]]
+    if args.render_only:
+        plan = []
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ticket_rag.evaluation import source_commit
@@ -318,16 +323,20 @@ def main() -> int:
 
     began = time.perf_counter()
     settings = load_settings(_env_file=None, llm_provider="none")
-    base = load_base(settings, args.scifact_docs)
-    print(f"base: {len(base.vectors)} real vectors ({base.embed_seconds:.0f} s to embed or read from the cache)", flush=True)
-    queries, query_primary = synthetic(base, 0, args.queries, seed=2)
-    query_titles = [base.titles[p] for p in query_primary]
+    command = " ".join(["python -m bench.scale", *sys.argv[1:]])
+    if plan:
+        base = load_base(settings, args.scifact_docs)
+        print(f"base: {len(base.vectors)} real vectors ({base.embed_seconds:.0f} s to embed or read from the cache)", flush=True)
+        queries, query_primary = synthetic(base, 0, args.queries, seed=2)
+        query_titles = [base.titles[p] for p in query_primary]
     extra_env = {"ASYNC_INDEXING": "true"} if args.async_indexing else {}
     hnsw = {k: v for k, v in (("ef_construction", args.ef_construction), ("max_connections", args.max_connections)) if v}
+    options = f"batches of {args.batch}, {args.writers} writers" + (", ASYNC_INDEXING" if args.async_indexing else "")
+    if hnsw:
+        options += ", " + ", ".join(f"{k} {v}" for k, v in hnsw.items())
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ticket-rag-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     out_json = Path(args.output).with_name("benchmarks-scale.json")
-    earlier = json.loads(out_json.read_text())["results"] if args.append and out_json.exists() else []
     results: list[dict[str, Any]] = []
     for size, compressions in plan:
         started = time.perf_counter()
@@ -339,36 +348,36 @@ def main() -> int:
                         truth=truth, settings=settings, workdir=workdir, batch=args.batch, writers=args.writers,
                         extra_env=extra_env, hnsw=hnsw)  # fmt: skip
             print(json.dumps(r), flush=True)
-            r["run"] = {"at": f"{datetime.now(UTC):%Y-%m-%d %H:%M}", "commit": source_commit() or "?"}
+            r["run"] = {"at": f"{datetime.now(UTC):%Y-%m-%d %H:%M}", "commit": source_commit() or "?", "command": command,
+                        "options": options, "base_vectors": len(base.vectors), "queries": len(queries)}  # fmt: skip
             results.append(r)
             if not args.quick:
                 out_json.write_text(json.dumps({"results": _merged(earlier, results)}, indent=1))
     total = time.perf_counter() - began
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?")  # fmt: skip
-    command = " ".join(["python -m bench.scale", *sys.argv[1:]])
-    options = f"batches of {args.batch}, {args.writers} writers" + (", ASYNC_INDEXING" if args.async_indexing else "")
-    if hnsw:
-        options += ", " + ", ".join(f"{k} {v}" for k, v in hnsw.items())
+    rows = _merged(earlier, results)
+    runs = {(r["run"]["command"], r["run"]["at"][:10], r["run"]["commit"], r["run"]["options"]) for r in rows}
     section = "\n".join([
         BEGIN,
         "## A million tickets: vector compression (`bench.scale`)",
         "",
-        f"Run: `.venv/bin/{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {source_commit() or '?'}, "
-        f"{os.cpu_count()} cores ({cpu}, shared), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
-        f"Python {platform.python_version()}, Weaviate {settings.weaviate_version}; {options}; {len(base.vectors):,} real base "
-        f"vectors, {len(queries):,} queries; whole run {total / 60:.0f} min. How the vectors are made: the docstring of "
+        "Runs: " + "; ".join(f"`.venv/bin/{c}` ({at}, commit {commit}; {opts})" for c, at, commit, opts in sorted(runs))
+        + f". Machine: {os.cpu_count()} cores ({cpu}), shared with three other developers' work (load average 8-11 "
+        f"during these runs), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python "
+        f"{platform.python_version()}, Weaviate {settings.weaviate_version}. How the vectors are made: the docstring of "
         "bench/scale.py. Import time runs until Weaviate is idle again; latencies are TicketStore.search_by_vector with "
-        "the query vector given (10 results with their properties); recall@10 is against brute-force exact search. "
-        "Rows kept from an earlier run (--append) carry their own date and commit in docs/benchmarks-scale.json.",
+        "the query vector given (10 results with their properties); recall@10 is against brute-force exact search over "
+        "1,000 queries. Each row's date and whole record: docs/benchmarks-scale.json.",
         "",
-        *table(_merged(earlier, results)),
+        *table(rows),
         END,
     ])  # fmt: skip
     print(section)
+    print(f"whole run {total / 60:.1f} min")
     if not args.quick:
         write_section(Path(args.output), section)
-        out_json.write_text(json.dumps({"results": _merged(earlier, results), "total_seconds": round(total, 1), "command": command}, indent=1))
+        out_json.write_text(json.dumps({"results": rows, "total_seconds": round(total, 1), "command": command}, indent=1))
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
