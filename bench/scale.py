@@ -51,6 +51,8 @@ from bench.run import DATASETS, ROOT, cpu_seconds, load, pct, settle
 
 DIM = 768
 CHUNK = 50_000
+# Changes whenever synthetic() would make other vectors, so a cached exact top-10 is never stale.
+GENERATOR = "primary + 2 x U(0, 0.5) others + noise 0.4, renormalised; chunks of 50,000"
 BEGIN, END = "<!-- bench.scale: begin -->", "<!-- bench.scale: end -->"
 DEFAULT_PLAN = ["1000000:rq8", "100000:none,rq8,bq"]
 
@@ -126,7 +128,7 @@ def chunks(base: Base, total: int, *, seed: int) -> Iterator[tuple[int, np.ndarr
 
 def exact_top10(base: Base, total: int, queries: np.ndarray, cache_dir: Path) -> np.ndarray:
     """Exact top-10 ticket numbers per query (cosine on unit vectors), brute force in chunks; kept in cache_dir."""
-    digest = hashlib.sha256(base.vectors.tobytes() + queries.tobytes()).hexdigest()[:16]
+    digest = hashlib.sha256(GENERATOR.encode() + base.vectors.tobytes() + queries.tobytes()).hexdigest()[:16]
     path = cache_dir / f"truth-{total}-{digest}.npy"
     if path.exists():
         return np.load(path)
