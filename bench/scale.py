@@ -161,10 +161,11 @@ def disk_mib(path: Path) -> float:
 
 
 def run_one(
-    *, base: Base, size: int, compression: str, queries: np.ndarray, query_titles: list[str], truth: np.ndarray,
-    settings: Any, workdir: Path, batch: int, writers: int, extra_env: dict[str, str], hnsw: dict[str, int],
+    *, base: Base, size: int, compression: str, queries: np.ndarray, query_titles: list[str],
+    truth_for: Callable[[int], np.ndarray], settings: Any, workdir: Path, batch: int, writers: int,
+    extra_env: dict[str, str], hnsw: dict[str, int], import_minutes: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Import `size` tickets into a fresh Weaviate with this compression, then measure it."""
+    """Import `size` tickets into a fresh Weaviate with this compression (fewer if import_minutes run out), then measure it."""
     from weaviate.classes.data import DataObject
 
     from ticket_rag.artifacts import ensure_weaviate_binary
@@ -214,16 +215,21 @@ def run_one(
                 done += len(vectors)
                 print(f"  {compression}: {done:,} sent, {time.perf_counter() - started:.0f} s, "
                       f"Weaviate RSS {memory_mib(pid)['rss']:.0f} MiB", flush=True)  # fmt: skip
+                if import_minutes is not None and time.perf_counter() - started > import_minutes * 60 and done < size:
+                    print(f"  {compression}: import budget of {import_minutes:g} min spent: measuring at {done:,}", flush=True)
+                    result.update(planned_size=size, size=done)
+                    break
             for f in pending:
                 f.result()
         sent = time.perf_counter() - started
         settled = settle(pid, idle_share=0.1, timeout=300)
         imported = time.perf_counter() - started
         count = tenant.aggregate.over_all(total_count=True).total_count
+        truth = truth_for(done)
         result.update(
             import_seconds=round(imported, 1), send_seconds=round(sent, 1), settle_seconds=round(settled, 1),
             import_cpu_seconds=round(cpu_seconds(pid) - cpu_before, 1), stored=count,
-            tickets_per_second=round(size / imported, 1), after_import=memory_mib(pid),
+            tickets_per_second=round(done / imported, 1), after_import=memory_mib(pid),
         )  # fmt: skip
 
         def vector_search(i: int) -> list[int]:
@@ -277,7 +283,8 @@ def table(results: list[dict[str, Any]]) -> list[str]:
         a, s = r["after_import"], r["after_search"]
         v1, v16, h1, h16 = r["vector_1"], r["vector_16"], r["hybrid_1"], r["hybrid_16"]
         lines.append(
-            f"| {r['size']:,} | {r['compression']} | {r['import_seconds'] / 60:.1f} min ({r['tickets_per_second']:,.0f}/s) "
+            f"| {r['size']:,}{' (of ' + format(r['planned_size'], ',') + ' planned)' if 'planned_size' in r else ''} "
+            f"| {r['compression']} | {r['import_seconds'] / 60:.1f} min ({r['tickets_per_second']:,.0f}/s) "
             f"| {a['rss']:,.0f} MiB ({a['anon']:,.0f} / {a['file']:,.0f}) | {max(a['peak'], s['peak']):,.0f} MiB "
             f"| {r['disk_mib']:,.0f} MiB | {r['recall_at_10']:.4f} "
             f"| {v1['p50']:.1f} / {v1['p99']:.1f} ms | {v16['p50']:.1f} / {v16['p99']:.1f} ms, {v16['qps']:.0f} "
@@ -310,6 +317,8 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--scifact-docs", type=int, default=100, help="SciFact abstracts among the real base vectors")
     parser.add_argument("--batch", type=int, default=1000, help="tickets per gRPC batch")
+    parser.add_argument("--import-minutes", type=float, default=None,
+                        help="stop importing after this long (at a 50,000 boundary) and measure what is stored")
     parser.add_argument("--writers", type=int, default=2, help="batches in flight at once")
     parser.add_argument("--async-indexing", action="store_true", help="Weaviate's ASYNC_INDEXING=true")
     parser.add_argument("--ef-construction", type=int, default=None)
@@ -349,14 +358,20 @@ def main() -> int:
     out_json = Path(args.output).with_name("benchmarks-scale.json")
     results: list[dict[str, Any]] = []
     for size, compressions in plan:
-        started = time.perf_counter()
-        truth = exact_top10(base, size, queries, settings.cache_dir / "bench-scale")
-        print(f"{size:,}: exact top-10 of {len(queries)} queries in {time.perf_counter() - started:.0f} s", flush=True)
+        truths: dict[int, np.ndarray] = {}
+
+        def truth_for(n: int) -> np.ndarray:
+            if n not in truths:
+                started = time.perf_counter()
+                truths[n] = exact_top10(base, n, queries, settings.cache_dir / "bench-scale")
+                print(f"{n:,}: exact top-10 of {len(queries)} queries in {time.perf_counter() - started:.0f} s", flush=True)
+            return truths[n]
+
         for compression in compressions:
             print(f"{size:,} tickets, {compression}:", flush=True)
             r = run_one(base=base, size=size, compression=compression, queries=queries, query_titles=query_titles,
-                        truth=truth, settings=settings, workdir=workdir, batch=args.batch, writers=args.writers,
-                        extra_env=extra_env, hnsw=hnsw)  # fmt: skip
+                        truth_for=truth_for, settings=settings, workdir=workdir, batch=args.batch, writers=args.writers,
+                        extra_env=extra_env, hnsw=hnsw, import_minutes=args.import_minutes)  # fmt: skip
             print(json.dumps(r), flush=True)
             r["run"] = {"at": f"{datetime.now(UTC):%Y-%m-%d %H:%M}", "commit": source_commit() or "?", "command": command,
                         "options": options, "base_vectors": len(base.vectors), "queries": len(queries)}  # fmt: skip
