@@ -8,7 +8,7 @@ from langchain_core.embeddings import Embeddings
 
 from server import create_app
 from ticket_rag.cli import main as cli_main
-from ticket_rag.settings import Settings
+from ticket_rag.settings import ConfigError, Settings, load_settings
 from ticket_rag.tickets.compression import current_compression, uncompressed_tenants
 from ticket_rag.weaviate_server import connect
 
@@ -81,3 +81,8 @@ def test_compress_turns_compression_on_for_a_collection_that_holds_tickets(
         assert cli_main(["compress"]) == 2
         assert "import the tickets again" in capsys.readouterr().err
 
+
+
+def test_an_unknown_compression_stops_the_start_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="VECTOR_COMPRESSION"):
+        load_settings(_env_file=None, vector_compression="zstd")
