@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     weaviate_replication_factor: int = Field(1, ge=1, le=100)
     # Replicas that must answer each read and write: ONE, QUORUM (a majority) or ALL.
     weaviate_consistency: Literal["ONE", "QUORUM", "ALL"] = "QUORUM"
+    # What the vector index holds in memory (ticket_rag/tickets/compression.py, docs/scaling.md): none (float32),
+    # rq8 / rq1 (rotational quantization, 8 or 1 bit a dimension), bq (binary) or pq (product). Applied when ticket-rag
+    # creates its Weaviate collection; `ticket-rag compress` turns it on for one that holds tickets.
+    vector_compression: Literal["none", "rq8", "rq1", "bq", "pq"] = "rq8"
+    # Candidates re-scored with the full vectors after a compressed search; unset: Weaviate's default (rq8 20, rq1 512).
+    vector_rescore_limit: int | None = Field(None, ge=0, le=100_000)
 
     embedding_model: str = DEFAULT_MODEL_ID
     # Expected sha256 of model.safetensors for a local model; empty to skip the check.

@@ -27,7 +27,6 @@ from weaviate.classes.config import (
     Property,
     ReplicationDeletionStrategy,
     Tokenization,
-    VectorDistances,
 )
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery, Sort
 from weaviate.classes.tenants import Tenant
@@ -50,6 +49,7 @@ from ticket_rag.errors import (
 )
 from ticket_rag.runtime.metrics import WEAVIATE_ERRORS
 from ticket_rag.settings import Settings
+from ticket_rag.tickets.compression import index_config, warn_if_compression_differs
 from ticket_rag.tickets.keywords import (
     DESCRIPTION_TERMS,
     TITLE_TERMS,
@@ -132,6 +132,10 @@ class TicketStore:
         consistency: str = "QUORUM",
         analyzer: KeywordAnalyzer | None = None,
         title_boost: float = 1.0,
+        compression: str = "none",
+        rescore_limit: int | None = None,
+        ef_construction: int | None = None,
+        max_connections: int | None = None,
     ) -> None:
         self.client = client
         self.embeddings = embeddings
@@ -141,6 +145,11 @@ class TicketStore:
         self.keyword_properties = keyword_properties(title_boost)
         self.replication_factor = replication_factor
         self.consistency = ConsistencyLevel(consistency)
+        # The vector index's compression for a collection created here (VECTOR_COMPRESSION, compression.py).
+        self.compression = compression
+        self.rescore_limit = rescore_limit
+        # HNSW build parameters (Weaviate's defaults when None); fixed once the collection exists.
+        self.hnsw = {"ef_construction": ef_construction, "max_connections": max_connections}
 
     # --- schema and collections ------------------------------------------------------------------
 
@@ -152,7 +161,7 @@ class TicketStore:
                     self.class_name,
                     description="ticket-rag support tickets; one tenant per ticket-rag collection",
                     vector_config=Configure.Vectors.self_provided(
-                        vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE),
+                        vector_index_config=index_config(self.compression, rescore_limit=self.rescore_limit, **self.hnsw),
                     ),
                     multi_tenancy_config=Configure.multi_tenancy(
                         enabled=True, auto_tenant_creation=False, auto_tenant_activation=True
@@ -184,6 +193,7 @@ class TicketStore:
                 logger.info("created Weaviate collection %s", self.class_name)
             else:
                 warn_if_replication_differs(self.client, self.class_name, self.replication_factor)
+                warn_if_compression_differs(self.client, self.class_name, self.compression)
                 if add_missing_term_properties(self.client, self.class_name):
                     logger.warning(
                         "added keyword term properties to Weaviate collection %s: keyword and hybrid search find the "
@@ -435,6 +445,7 @@ def build_ticket_store(*, settings: Settings, client: weaviate.WeaviateClient, e
         client=client, embeddings=embeddings, class_name=settings.weaviate_class,
         replication_factor=settings.weaviate_replication_factor, consistency=settings.weaviate_consistency,
         analyzer=KeywordAnalyzer(settings.keyword_stemmer), title_boost=settings.keyword_title_boost,
+        compression=settings.vector_compression, rescore_limit=settings.vector_rescore_limit,
     )  # fmt: skip
 
 

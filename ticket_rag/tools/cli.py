@@ -1,4 +1,4 @@
-"""The `ticket-rag` command: serve, setup, import, eval, reindex."""
+"""The `ticket-rag` command: serve, setup, import, eval, reindex, compress."""
 
 from __future__ import annotations
 
@@ -151,6 +151,44 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace, settings: Settings) -> int:
+    """Turn on VECTOR_COMPRESSION for the Weaviate collection that already holds the tickets (in place)."""
+    from ticket_rag.tickets.compression import (
+        CompressionChangeRefused,
+        current_compression,
+        enable_compression,
+        wait_until_compressed,
+    )
+    from ticket_rag.runtime.weaviate import build_weaviate
+
+    client, embedded = build_weaviate(settings)
+    try:
+        if not client.collections.exists(settings.weaviate_class):
+            raise ConfigError(f"no Weaviate collection {settings.weaviate_class}: a new one is created with VECTOR_COMPRESSION")
+        before = current_compression(client, settings.weaviate_class)
+        try:
+            changed = enable_compression(
+                client, settings.weaviate_class, settings.vector_compression, rescore_limit=settings.vector_rescore_limit
+            )
+        except CompressionChangeRefused as exc:
+            raise ConfigError(str(exc)) from None
+        if changed:
+            print(f"{settings.weaviate_class}: vector compression {before} -> {settings.vector_compression}; "
+                  "compressing the stored vectors (searches keep working meanwhile)", flush=True)  # fmt: skip
+            left = wait_until_compressed(client, settings.weaviate_class, timeout=args.wait)
+            if left:
+                print(f"still compressing after {args.wait:.0f} s: {', '.join(left)} (Weaviate goes on in the background)")
+            else:
+                print("every loaded collection is compressed; the others are compressed when they next load")
+        else:
+            print(f"{settings.weaviate_class}: already {before}; nothing to do")
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ticket-rag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rx.add_argument("--collection", action="append", default=None, help="only this collection (repeatable; default: all)")
     rx.set_defaults(func=cmd_reindex)
+    cp = sub.add_parser(
+        "compress", help="turn on VECTOR_COMPRESSION for the collection that holds the tickets (in place; stop an embedded-mode service first)"
+    )
+    cp.add_argument("--wait", type=float, default=3600, help="seconds to wait for the compression to finish (default 3600)")
+    cp.set_defaults(func=cmd_compress)
     return parser
 
 
