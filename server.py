@@ -44,6 +44,7 @@ from ticket_rag.observability import RequestContextMiddleware, request_id_var
 from ticket_rag.security import ApiKeyStore, Gatekeeper, RateLimiter, Role, caller, collections_in
 from ticket_rag.settings import Settings, load_settings
 from ticket_rag.tickets import router as tickets_router
+from ticket_rag.tickets import triage_routes
 from ticket_rag.tickets.schemas import CollectionName, QueryText, SearchFilters
 from ticket_rag.tickets.keywords import KeywordAnalyzer, keyword_properties
 from ticket_rag.tickets.store import build_ticket_store
@@ -138,6 +139,7 @@ def create_app(
     register_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tickets_router.tickets)
+    app.include_router(triage_routes.router)
     app.include_router(tickets_router.collections)
     app.include_router(admin.router)
 

@@ -38,6 +38,8 @@ from ticket_rag.tickets.schemas import (
     TicketUpdate,
 )
 from ticket_rag.tickets.store import TicketStore, embedded_text
+from ticket_rag.tickets.duplicates import explain as explain_duplicates
+from ticket_rag.tickets.triage import TriageService, triage_of
 
 
 def _store(request: Request) -> TicketStore:
@@ -52,7 +54,12 @@ def _rag_chain(request: Request) -> Runnable[Any, Any]:
     return request.app.state.rag_chain  # type: ignore[no-any-return]
 
 
+def _triage(request: Request) -> TriageService:
+    return triage_of(request.app.state)
+
+
 StoreDep = Annotated[TicketStore, Depends(_store)]
+TriageDep = Annotated[TriageService, Depends(_triage)]
 RagChainDep = Annotated[Runnable[Any, Any], Depends(_rag_chain)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 CollectionQuery = Annotated[str | None, Query(pattern=COLLECTION_PATTERN, description="Defaults to the default collection.")]
@@ -145,15 +152,19 @@ def delete_collection(
     responses={200: {"description": "An existing ticket with the same external_id was updated."}, **WRITE_ERRORS},
 )
 def create_ticket(
-    body: TicketCreate, store: StoreDep, settings: SettingsDep, response: Response, who: Writer
+    body: TicketCreate, store: StoreDep, settings: SettingsDep, response: Response, who: Writer, triage: TriageDep
 ) -> TicketCreated:
-    """Store a ticket with its embedding; return it with the most similar tickets and possible duplicates."""
+    """Store a ticket with its embedding; return it with similar tickets, possible duplicates and triage suggestions."""
     collection = who.collection(body.collection, settings.default_collection)
     vector = store.embed([embedded_text(body.title, body.description)])[0]
     similar = (
         store.search_by_vector(query_vector=vector, collection=collection, limit=settings.similar_on_create)
         if settings.similar_on_create
         else []
+    )
+    # Suggestions only: the stored ticket keeps what the client sent.
+    suggestions = triage.suggest(
+        title=body.title, description=body.description, collection=collection, vector=vector, wait=False
     )
     stored = store.upsert(ticket=body, collection=collection, vector=vector)
     similar = [hit for hit in similar if hit.ticket.id != stored.ticket.id]
@@ -163,7 +174,12 @@ def create_ticket(
         **stored.ticket.model_dump(),
         created=stored.created,
         similar=similar,
-        possible_duplicates=[hit for hit in similar if hit.similarity >= settings.duplicate_threshold],
+        possible_duplicates=explain_duplicates(
+            similar, title=body.title, description=body.description, analyzer=triage.analyzer,
+            vocabulary=triage.vocabulary(collection), threshold=settings.duplicate_threshold,
+            exclude=stored.ticket.not_duplicates,
+        ),  # fmt: skip
+        triage=suggestions,
     )
 
 
