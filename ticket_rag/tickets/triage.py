@@ -179,12 +179,15 @@ def out_of_fold(
 def floor_for(confidence: np.ndarray, correct: np.ndarray, target: float, min_kept: int = 20) -> float | None:
     """The lowest confidence floor whose kept predictions (at least min_kept) are `target` right; None if none is."""
     order = np.argsort(-confidence, kind="stable")
+    ranked = confidence[order]
     hits = np.cumsum(correct[order])
     kept = np.arange(1, len(order) + 1)
-    ok = (hits / kept >= target) & (kept >= min_kept)
+    # A floor keeps every prediction at its confidence: only the ends of groups of equal confidence are floors.
+    boundary = np.append(ranked[1:] < ranked[:-1], True)
+    ok = (hits / kept >= target) & (kept >= min_kept) & boundary
     if not ok.any():
         return None
-    return float(confidence[order][int(np.flatnonzero(ok)[-1])])
+    return float(ranked[int(np.flatnonzero(ok)[-1])])
 
 
 # --- the service ------------------------------------------------------------------------------------------
