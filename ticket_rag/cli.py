@@ -148,7 +148,7 @@ def cmd_eval_duplicates(args: argparse.Namespace, settings: Settings) -> int:
 
     from ticket_rag.duplicates_eval import markdown_report, run_duplicates_eval, write_report
 
-    report = run_duplicates_eval(dataset_dir=Path(args.dataset), settings=settings, folds=args.folds)
+    report = run_duplicates_eval(dataset_dir=Path(args.dataset), settings=settings, folds=args.folds, ranking=not args.pairs_only)
     if args.output:
         write_report(report, Path(args.output))
     print(markdown_report(report))
@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a folder with gitbugs/ (corpus.jsonl, dev_queries.tsv, dev_pairs.tsv) and/or askubuntu/dev_pairs.tsv",
     )  # fmt: skip
     du.add_argument("--folds", type=int, default=5, help="folds for choosing the threshold by cross-validation")
+    du.add_argument("--pairs-only", action="store_true", help="skip the ranking form (embeds the whole GitBugs corpus)")
     du.add_argument("--output", default=None, help="a folder for results.json and results.md")
     du.set_defaults(func=cmd_eval_duplicates)
     rx = sub.add_parser(

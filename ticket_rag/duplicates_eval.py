@@ -55,6 +55,12 @@ class Scored:
         return self.cosine if signal == "cosine" else combined_score(self.cosine, self.keyword)
 
 
+def embed(embeddings: Embeddings, texts: Sequence[str], chunk: int = 128) -> np.ndarray:
+    """Vectors in chunks, so the disk cache keeps what an interrupted run already computed."""
+    parts = [embeddings.embed_documents(list(texts[i : i + chunk])) for i in range(0, len(texts), chunk)]
+    return np.asarray([v for part in parts for v in part], dtype=np.float32)
+
+
 def _collapse(text: str) -> str:
     return " ".join(text.split())[:TEXT_MAX]
 
@@ -71,7 +77,7 @@ def read_pairs(path: Path) -> list[tuple[str, str, int]]:
 def score_pairs(pairs: Sequence[tuple[str, str, int]], embeddings: Embeddings, analyzer: KeywordAnalyzer) -> Scored:
     """Cosine and keyword similarity of each pair (IDF from all the file's texts)."""
     texts = list(dict.fromkeys(t for a, b, _ in pairs for t in (a, b)))
-    vectors = dict(zip(texts, np.asarray(embeddings.embed_documents(texts), dtype=np.float32), strict=True))
+    vectors = dict(zip(texts, embed(embeddings, texts), strict=True))
     terms = {t: analyzer.terms(t) for t in texts}
     vocabulary = Vocabulary.build(list(terms.values()), size=0, min_df=1)
     cosine = np.array([float(vectors[a] @ vectors[b]) for a, b, _ in pairs])
@@ -93,7 +99,7 @@ def score_ranking(dataset: Path, embeddings: Embeddings, analyzer: KeywordAnalyz
         for r in csv.DictReader(fh, delimiter="\t"):
             queries[r["query_id"]] = set(r["relevant_ids"].split())
     ids = list(docs)
-    vectors = np.asarray(embeddings.embed_documents([docs[i] for i in ids]), dtype=np.float32)
+    vectors = embed(embeddings, [docs[i] for i in ids])
     position = {doc_id: n for n, doc_id in enumerate(ids)}
     project = np.array([doc_id.split("-", 1)[0] for doc_id in ids])
     terms = [analyzer.terms(docs[i]) for i in ids]
@@ -202,7 +208,7 @@ def summarise(scored: Scored, *, threshold: float, signal: str, ranking: bool) -
 
 
 def run_duplicates_eval(
-    *, dataset_dir: Path, settings: Settings, embeddings: Embeddings | None = None, folds: int = 5
+    *, dataset_dir: Path, settings: Settings, embeddings: Embeddings | None = None, folds: int = 5, ranking: bool = True
 ) -> dict[str, Any]:
     """Score every labelled set, choose the threshold by cross-validation on GitBugs pairs, report both signals."""
     gitbugs, askubuntu = dataset_dir / "gitbugs", dataset_dir / "askubuntu"
@@ -219,11 +225,11 @@ def run_duplicates_eval(
     analyzer = KeywordAnalyzer(settings.keyword_stemmer)
     try:
         sets = {"gitbugs pairs": score_pairs(read_pairs(gitbugs / "dev_pairs.tsv"), cached, analyzer)}
-        ranking_info = None
-        if (gitbugs / "corpus.jsonl").is_file() and (gitbugs / "dev_queries.tsv").is_file():
-            sets["gitbugs ranking"], ranking_info = score_ranking(gitbugs, cached, analyzer)
         if (askubuntu / "dev_pairs.tsv").is_file():
             sets["askubuntu pairs"] = score_pairs(read_pairs(askubuntu / "dev_pairs.tsv"), cached, analyzer)
+        ranking_info = None
+        if ranking and (gitbugs / "corpus.jsonl").is_file() and (gitbugs / "dev_queries.tsv").is_file():
+            sets["gitbugs ranking"], ranking_info = score_ranking(gitbugs, cached, analyzer)
     finally:
         cached.cache.close()
     selection = cross_validate(sets["gitbugs pairs"], folds=folds)

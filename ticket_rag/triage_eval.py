@@ -26,6 +26,7 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 from pydantic import ValidationError
 
+from ticket_rag.duplicates_eval import embed
 from ticket_rag.embedding_cache import CachedEmbeddings
 from ticket_rag.evaluation import source_commit
 from ticket_rag.importer import map_row, read_rows
@@ -66,7 +67,7 @@ def load_labelled(
             failures.append(f"line {row.line}: {exc}".splitlines()[0])
     if not tickets:
         raise ConfigError(f"{path}: no row could be read as a ticket ({len(failures)} failed)")
-    vectors = np.asarray(embeddings.embed_documents([embedded_text(t.title, t.description) for t in tickets]), dtype=np.float32)
+    vectors = embed(embeddings, [embedded_text(t.title, t.description) for t in tickets])
     labels: dict[str, list[str | None]] = {}
     for field in FIELDS:
         if field in mapping:

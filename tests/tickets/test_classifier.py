@@ -36,8 +36,9 @@ def test_tfidf_vocabulary_keeps_terms_seen_twice_and_ranks_rare_terms_higher() -
     vocabulary = classifier.Vocabulary.build(["vpn drop", "vpn slow", "invoic vpn", "invoic wrong"])
     assert set(vocabulary.index) == {"vpn", "invoic"}
     assert vocabulary.idf_of("wrong") > vocabulary.idf_of("vpn")
-    rows = vocabulary.transform(["vpn vpn invoic", "nothing known"])
+    rows = vocabulary.transform(["vpn vpn invoic", "nothing known"]).dot(np.eye(2, dtype=np.float32))
     assert np.isclose(np.linalg.norm(rows[0]), 1.0) and not rows[1].any()
+    assert rows[0][vocabulary.index["vpn"]] > rows[0][vocabulary.index["invoic"]]
 
 
 def test_floor_is_the_lowest_confidence_that_keeps_the_target_accuracy() -> None:

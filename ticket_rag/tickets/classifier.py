@@ -50,25 +50,101 @@ class Vocabulary:
         """Inverse document frequency of any term (unseen terms are the rarest)."""
         return math.log((1 + self.documents) / (1 + self.document_frequency.get(term, 0))) + 1.0
 
-    def transform(self, documents: Sequence[str]) -> np.ndarray:
-        """Sublinear TF-IDF rows, L2-normalised (a row of zeros for a text with no known term)."""
-        out = np.zeros((len(documents), len(self.index)), dtype=np.float32)
-        for row, text in enumerate(documents):
+    def transform(self, documents: Sequence[str]) -> Sparse:
+        """Sublinear TF-IDF rows, L2-normalised (an empty row for a text with no known term)."""
+        indptr, indices, data = [0], [], []
+        for text in documents:
             counts = Counter(t for t in text.split() if t in self.index)
-            for term, count in counts.items():
-                out[row, self.index[term]] = 1.0 + math.log(count)
-        out *= self.idf
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
+            columns = [self.index[t] for t in counts]
+            values = np.array([(1.0 + math.log(c)) for c in counts.values()], dtype=np.float32) * self.idf[columns]
+            norm = float(np.linalg.norm(values)) if len(values) else 0.0
+            indices.extend(columns)
+            data.extend((values / norm).tolist() if norm else [])
+            indptr.append(len(indices))
+        return Sparse(
+            indptr=np.array(indptr, dtype=np.int64), indices=np.array(indices, dtype=np.int64),
+            data=np.array(data, dtype=np.float32), width=len(self.index),
+        )  # fmt: skip
 
 
-def features(vectors: np.ndarray, terms: Sequence[str], vocabulary: Vocabulary | None, *, tfidf_weight: float) -> np.ndarray:
-    """What the linear model sees: the vector, then the weighted TF-IDF of the terms, then a constant 1."""
-    parts = [np.asarray(vectors, dtype=np.float32)]
+@dataclass(frozen=True)
+class Sparse:
+    """Rows in compressed sparse row form, with the two products the fit needs (numpy only)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    width: int
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    def rows(self, selected: Sequence[int] | np.ndarray) -> Sparse:
+        starts, ends = self.indptr[selected], self.indptr[np.asarray(selected) + 1]
+        pick = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)]) if len(starts) else np.array([], dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(ends - starts)])
+        return Sparse(indptr=indptr, indices=self.indices[pick], data=self.data[pick], width=self.width)
+
+    def _row_ids(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self)), np.diff(self.indptr))
+
+    def dot(self, weights: np.ndarray) -> np.ndarray:
+        """self @ weights."""
+        out = np.zeros((len(self), weights.shape[1]), dtype=np.float32)
+        return _segment_sums(out, self.data[:, None] * weights[self.indices], self.indptr)
+
+    def tdot(self, values: np.ndarray) -> np.ndarray:
+        """self.T @ values."""
+        order = np.argsort(self.indices, kind="stable")
+        columns = self.indices[order]
+        starts = np.searchsorted(columns, np.arange(self.width + 1))
+        out = np.zeros((self.width, values.shape[1]), dtype=np.float32)
+        return _segment_sums(out, (self.data[:, None] * values[self._row_ids()])[order], starts)
+
+
+def _segment_sums(out: np.ndarray, parts: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """out[i] = the sum of parts[bounds[i]:bounds[i + 1]] (np.add.reduceat, which mishandles empty segments)."""
+    filled = np.flatnonzero(np.diff(bounds) > 0)
+    if len(filled):
+        out[filled] = np.add.reduceat(parts, bounds[filled], axis=0)
+    return out
+
+
+@dataclass(frozen=True)
+class Design:
+    """What the linear model sees: a dense block (the vector, then a constant 1) and an optional sparse TF-IDF block."""
+
+    dense: np.ndarray
+    sparse: Sparse | None = None
+
+    def __len__(self) -> int:
+        return len(self.dense)
+
+    @property
+    def width(self) -> int:
+        return self.dense.shape[1] + (self.sparse.width if self.sparse is not None else 0)
+
+    def rows(self, selected: Sequence[int] | np.ndarray) -> Design:
+        return Design(self.dense[selected], self.sparse.rows(selected) if self.sparse is not None else None)
+
+    def dot(self, weights: np.ndarray) -> np.ndarray:
+        d = self.dense.shape[1]
+        out = self.dense @ weights[:d]
+        return out + self.sparse.dot(weights[d:]) if self.sparse is not None else out
+
+    def tdot(self, values: np.ndarray) -> np.ndarray:
+        top = self.dense.T @ values
+        return np.vstack([top, self.sparse.tdot(values)]) if self.sparse is not None else top
+
+
+def features(vectors: np.ndarray, terms: Sequence[str], vocabulary: Vocabulary | None, *, tfidf_weight: float) -> Design:
+    """The vector and a constant 1 (dense), and the weighted TF-IDF of the terms (sparse)."""
+    dense = np.hstack([np.asarray(vectors, dtype=np.float32), np.ones((len(vectors), 1), dtype=np.float32)])
+    sparse = None
     if vocabulary is not None and vocabulary.index and tfidf_weight > 0:
-        parts.append(tfidf_weight * vocabulary.transform(terms))
-    parts.append(np.ones((len(parts[0]), 1), dtype=np.float32))
-    return np.hstack(parts)
+        tfidf = vocabulary.transform(terms)
+        sparse = Sparse(indptr=tfidf.indptr, indices=tfidf.indices, data=tfidf.data * tfidf_weight, width=tfidf.width)
+    return Design(dense, sparse)
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -78,36 +154,36 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def fit_softmax(
-    x: np.ndarray, y: np.ndarray, classes: int, *, l2: float = L2, iterations: int = ITERATIONS, tolerance: float = 1e-4
+    x: Design, y: np.ndarray, classes: int, *, l2: float = L2, iterations: int = ITERATIONS, tolerance: float = 1e-4
 ) -> np.ndarray:
     """Multinomial logistic regression weights (features x classes) by Nesterov-accelerated gradient descent.
 
-    The last column of x must be the constant 1 (the bias). The features are centred while fitting
-    (it makes the problem far better conditioned, so far fewer steps are needed), and the centring
-    is folded back into the bias row, so the weights apply to x as given.
+    The dense block is centred while fitting (far better conditioned, so far fewer steps), and the
+    centring is folded back into the bias row, so the weights apply to x as given.
     """
-    n, d = x.shape
-    mean = x.mean(axis=0)
-    mean[-1] = 0.0
-    xc = x - mean
+    n = len(x)
+    mean = x.dense.mean(axis=0)
+    mean[-1] = 0.0  # the constant column (the bias) stays 1
+    xc = Design(x.dense - mean, x.sparse)
     targets = np.zeros((n, classes), dtype=np.float32)
     targets[np.arange(n), y] = 1.0
     # The cross-entropy's gradient is Lipschitz with at most 0.5 * the largest eigenvalue of x'x / n (+ l2).
-    probe = np.random.default_rng(0).standard_normal(d).astype(np.float32)
+    probe = np.random.default_rng(0).standard_normal((x.width, 1)).astype(np.float32)
     for _ in range(15):
-        probe = xc.T @ (xc @ probe) / n
+        probe = xc.tdot(xc.dot(probe)) / n
         probe /= np.linalg.norm(probe) + 1e-12
-    top = float(probe @ (xc.T @ (xc @ probe)) / n)
+    top = float((probe.T @ xc.tdot(xc.dot(probe)))[0, 0] / n)
     step = 1.0 / (0.5 * top + l2)
-    weights = np.zeros((d, classes), dtype=np.float32)
+    weights = np.zeros((x.width, classes), dtype=np.float32)
     previous = weights
     for t in range(1, iterations + 1):
         look = weights + (t - 1) / (t + 2) * (weights - previous)
-        gradient = xc.T @ (softmax(xc @ look) - targets) / n + l2 * look
+        gradient = xc.tdot(softmax(xc.dot(look)) - targets) / n + l2 * look
         previous, weights = weights, (look - step * gradient).astype(np.float32)
         if float(np.abs(gradient).max()) < tolerance:
             break
-    weights[-1] -= mean @ weights
+    d = x.dense.shape[1]
+    weights[d - 1] -= mean @ weights[:d]
     return weights
 
 
@@ -118,11 +194,11 @@ class LinearModel:
     classes: list[str]
     weights: np.ndarray
 
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        return softmax(x @ self.weights)
+    def probabilities(self, x: Design) -> np.ndarray:
+        return softmax(x.dot(self.weights))
 
 
-def fit_linear(x: np.ndarray, labels: Sequence[str], *, l2: float = L2, iterations: int = ITERATIONS) -> LinearModel:
+def fit_linear(x: Design, labels: Sequence[str], *, l2: float = L2, iterations: int = ITERATIONS) -> LinearModel:
     """A linear model of one field from feature rows and their labels."""
     classes = sorted(set(labels))
     lookup = {c: i for i, c in enumerate(classes)}

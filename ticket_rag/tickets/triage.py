@@ -76,7 +76,7 @@ class FittedModels:
     tfidf_weight: float
     linear: dict[str, classifier.LinearModel]
 
-    def features(self, vectors: np.ndarray, terms: Sequence[str]) -> np.ndarray:
+    def features(self, vectors: np.ndarray, terms: Sequence[str]) -> classifier.Design:
         return classifier.features(vectors, terms, self.vocabulary, tfidf_weight=self.tfidf_weight)
 
 
@@ -92,14 +92,14 @@ def fit_models(
         if len({values[i] for i in rows}) < MIN_PER_FIELD:
             continue
         models.linear[name] = classifier.fit_linear(
-            x[rows], [str(values[i]) for i in rows], l2=params.l2, iterations=params.iterations
+            x.rows(rows), [str(values[i]) for i in rows], l2=params.l2, iterations=params.iterations
         )
     return models
 
 
 def predict_field(
     linear: classifier.LinearModel | None,
-    x: np.ndarray | None,
+    x: classifier.Design | None,
     similarities: Sequence[float],
     neighbour_labels: Sequence[str | None],
     *,
@@ -168,7 +168,7 @@ def out_of_fold(
                 for method in methods:
                     linear = models.linear.get(name) if method != "vote" else None
                     results[name][method][index] = predict_field(
-                        linear, x_test[row : row + 1], sims, near, params=params, blend=method == "blend"
+                        linear, x_test.rows([row]), sims, near, params=params, blend=method == "blend"
                     )
             if tags:
                 scores = classifier.tag_scores(sims, [tags[i] for i in neighbours], power=params.power)
