@@ -39,8 +39,10 @@ from ticket_rag.runtime.metrics import InstrumentedEmbeddings, LLMMetrics
 from ticket_rag.runtime.weaviate import WeaviateSupervisor, build_weaviate
 from ticket_rag.settings import Settings, load_settings
 from ticket_rag.tickets import router as tickets_router
+from ticket_rag.tickets import triage_routes
 from ticket_rag.tickets.keywords import KeywordAnalyzer, keyword_properties
 from ticket_rag.tickets.store import build_ticket_store
+from ticket_rag.tickets.triage import TriageService
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +136,7 @@ def _lifespan(settings: Settings, embeddings: Embeddings | None) -> Any:
                 ),  # fmt: skip
                 weaviate_url=embedded.url if embedded is not None else settings.weaviate_url,
                 supervisor=supervisor,
+                triage=TriageService(store=store, settings=settings),
             )
             yield
         finally:
@@ -163,6 +166,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
 def _mount_rest_routes(app: FastAPI, *, production: bool) -> None:
     app.include_router(health.router)
     app.include_router(tickets_router.tickets)
+    app.include_router(triage_routes.router)
     app.include_router(tickets_router.collections)
     app.include_router(admin_router.router)
     if production:

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     page_max_size: int = Field(200, ge=1, le=10000)
     bulk_max_batch: int = Field(500, ge=1, le=10000)
     hybrid_alpha: float = Field(0.5, ge=0, le=1)
+    # Triage (docs/triage.md): labelled neighbours that vote and are shown as evidence; the accuracy a field's
+    # confidence floor must give on the collection's own tickets (out-of-fold), from which the floor is chosen.
+    triage_neighbours: int = Field(10, ge=1, le=100)
+    triage_target_accuracy: float = Field(0.9, gt=0, le=1)
+    # Seconds between checks whether a collection's labels changed (then its model is refitted in the background).
+    triage_refresh_seconds: float = Field(30.0, ge=0, le=86400)
     # Keyword (BM25) search matches stemmed words (Snowball); after changing the stemmer run `ticket-rag reindex`.
     keyword_stemmer: str = "english"
     # Weight of a title word against a description word in keyword search.

@@ -33,7 +33,7 @@ from tests.conftest import LiveServer, _drop_class, make_settings
 from ticket_rag.tickets.store import ticket_uuid
 from ticket_rag.runtime.weaviate import EmbeddedWeaviate
 
-EXAMPLES = 15  # per operation; about three minutes for all 29 operations on two cores
+EXAMPLES = 15  # per operation; about three minutes for all 33 operations on two cores
 SEED = {"title": "Password reset link expired", "description": "The reset link says it expired.", "external_id": "seed"}
 SEED_ID = str(ticket_uuid("default", "seed"))
 

@@ -18,9 +18,10 @@ from ticket_rag.runtime.metrics import InstrumentedEmbeddings
 from ticket_rag.runtime.weaviate import WeaviateSupervisor
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.store import TicketStore
+from ticket_rag.tickets.triage import TriageService
 
 __all__ = [
-    "Admin", "ApiKeysDep", "RagChainDep", "Reader", "Services", "ServicesDep", "SettingsDep", "StoreDep", "Writer",
+    "Admin", "ApiKeysDep", "RagChainDep", "Reader", "Services", "ServicesDep", "SettingsDep", "StoreDep", "TriageDep", "Writer",
 ]  # fmt: skip
 
 
@@ -34,6 +35,7 @@ class Services:
     vectorstore: WeaviateVectorStore
     weaviate_url: str | None
     supervisor: WeaviateSupervisor | None  # the embedded Weaviate's, when there is one
+    triage: TriageService  # per-collection triage models, fitted on first use
 
 
 def get_services(request: Request) -> Services:
@@ -64,5 +66,10 @@ def _api_keys(services: ServicesDep) -> ApiKeyStore:
     return services.api_keys
 
 
+def _triage(services: ServicesDep) -> TriageService:
+    return services.triage
+
+
 StoreDep = Annotated[TicketStore, Depends(_store)]
+TriageDep = Annotated[TriageService, Depends(_triage)]
 ApiKeysDep = Annotated[ApiKeyStore, Depends(_api_keys)]

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from chains.rag import RagOutput
 from ticket_rag.errors import Forbidden, InvalidRequest
 from ticket_rag.api.http_errors import error_responses
-from ticket_rag.api.deps import Admin, RagChainDep, Reader, SettingsDep, StoreDep, Writer
+from ticket_rag.api.deps import Admin, RagChainDep, Reader, SettingsDep, StoreDep, TriageDep, Writer
 from ticket_rag.tickets.schemas import (
     COLLECTION_PATTERN,
     BulkItem,
@@ -35,6 +35,7 @@ from ticket_rag.tickets.schemas import (
     TicketsPublic,
     TicketUpdate,
 )
+from ticket_rag.tickets.duplicates import explain as explain_duplicates
 from ticket_rag.tickets.store import TicketStore, embedded_text, idempotent_uuid
 
 
@@ -162,9 +163,10 @@ def create_ticket(
     settings: SettingsDep,
     response: Response,
     who: Writer,
+    triage: TriageDep,
     idempotency_key: IdempotencyKey = None,
 ) -> TicketCreated:
-    """Store a ticket with its embedding; return it with the most similar tickets and possible duplicates."""
+    """Store a ticket with its embedding; return it with similar tickets, possible duplicates and triage suggestions."""
     collection = who.collection(body.collection, settings.default_collection)
     ids, before = (
         _first_attempt(store, collection=collection, caller=who.key_id, key=idempotency_key, tickets={0: body})
@@ -176,6 +178,10 @@ def create_ticket(
         store.search_by_vector(query_vector=vector, collection=collection, limit=settings.similar_on_create + 1)
         if settings.similar_on_create
         else []
+    )
+    # Suggestions only: the stored ticket keeps what the client sent.
+    suggestions = triage.suggest(
+        title=body.title, description=body.description, collection=collection, vector=vector, wait=False
     )
     if 0 in ids and ids[0] in before:  # a retry of a create that was stored: its first result, nothing written
         ticket, created = before[ids[0]], True
@@ -190,7 +196,12 @@ def create_ticket(
         **ticket.model_dump(),
         created=created,
         similar=similar,
-        possible_duplicates=[hit for hit in similar if hit.similarity >= settings.duplicate_threshold],
+        possible_duplicates=explain_duplicates(
+            similar, title=body.title, description=body.description, analyzer=triage.analyzer,
+            vocabulary=triage.vocabulary(collection), threshold=settings.duplicate_threshold,
+            exclude=ticket.not_duplicates,
+        ),  # fmt: skip
+        triage=suggestions,
     )
 
 

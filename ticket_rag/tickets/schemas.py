@@ -67,6 +67,7 @@ class TicketBase(_Strict):
     priority: Priority = Priority.medium
     status: Status = Status.open
     category: ShortText | None = Field(None, examples=["Account"])
+    type: ShortText | None = Field(None, description="The kind of ticket (Incident, Request, ...).", examples=["Incident"])
     tags: list[Tag] = Field(default_factory=list, max_length=20, examples=[["login", "password"]])
     resolution: LongText | None = Field(None, examples=["Cleared the stale session cookie; login works again."])
 
@@ -78,13 +79,14 @@ class TicketCreate(TicketBase):
 
 
 class TicketUpdate(_Strict):
-    """Only the fields sent change. Category and resolution can be cleared with null; the others cannot."""
+    """Only the fields sent change. Category, type and resolution can be cleared with null; the others cannot."""
 
     title: Title = Field(None)
     description: Description = Field(None)
     priority: Priority = Field(None)
     status: Status = Field(None)
     category: ShortText | None = None
+    type: ShortText | None = None
     tags: list[Tag] = Field(None, max_length=20, description="[] removes every tag.")
     resolution: LongText | None = None
 
@@ -95,6 +97,11 @@ class TicketPublic(TicketBase):
     external_id: str | None = None
     created_at: datetime
     updated_at: datetime
+    duplicate_of: uuid.UUID | None = Field(None, description="The ticket an agent confirmed this one duplicates.")
+    duplicates: list[uuid.UUID] = Field(default_factory=list, description="Tickets confirmed as duplicates of this one.")
+    not_duplicates: list[uuid.UUID] = Field(
+        default_factory=list, description="Tickets an agent rejected as duplicates of this one (no longer suggested)."
+    )
 
 
 class SearchHit(BaseModel):
@@ -105,10 +112,59 @@ class SearchHit(BaseModel):
     explain: str | None = Field(None, description="Hybrid mode: how the vector and keyword parts contributed.")
 
 
+class DuplicateHit(SearchHit):
+    shared_terms: list[str] = Field(description="The rarest (stemmed) words both tickets use.")
+    why: str = Field(description="Why it was flagged: the similarity against DUPLICATE_THRESHOLD and the shared rare words.")
+
+
 class TicketCreated(TicketPublic):
     created: bool = Field(description="False when an existing ticket with the same external_id was updated.")
     similar: list[SearchHit]
-    possible_duplicates: list[SearchHit]
+    possible_duplicates: list[DuplicateHit]
+    triage: Triage | None = Field(None, description="Suggested queue, priority, type and tags; never applied to the ticket.")
+
+
+class TriageRequest(_Strict):
+    title: Title = Field(examples=["Cannot log in after password reset"])
+    description: Description = Field(examples=["The reset link says it expired."])
+    collection: CollectionName | None = Field(None, description="Defaults to the service's default collection.")
+    min_confidence: float | None = Field(
+        None, ge=0, le=1, description="Withhold predictions below this confidence (default: each field's floor chosen from the collection)."
+    )
+
+
+class Evidence(BaseModel):
+    id: uuid.UUID
+    title: str
+    similarity: float
+    value: str | None = Field(description="This neighbour's label for the field.")
+
+
+class FieldSuggestion(BaseModel):
+    value: str | None = Field(description="The suggestion, or null when triage abstains.")
+    confidence: float | None = Field(description="The model's probability of the suggested value.")
+    floor: float | None = Field(description="The confidence below which this field abstains.")
+    reason: str | None = Field(None, description="Why it abstained.")
+    alternatives: dict[str, float] = Field(default_factory=dict, description="The next most likely values.")
+    evidence: list[Evidence] = Field(default_factory=list, description="The similar labelled tickets it rests on.")
+
+
+class TagSuggestion(BaseModel):
+    tag: str
+    confidence: float = Field(description="The similarity-weighted share of the nearest tickets that carry it.")
+
+
+class Triage(BaseModel):
+    collection: str
+    language: str | None = Field(description="The ticket's language (ISO 639-1), from a small n-gram detector.")
+    model: str = Field(description="'linear+vote' once the collection's model is fitted, 'vote' until then.")
+    labelled_tickets: int = Field(description="Labelled tickets the model was fitted on.")
+    fields: dict[str, FieldSuggestion] = Field(description="category (queue), priority and type: those the collection labels.")
+    tags: list[TagSuggestion] = Field(default_factory=list)
+
+
+class DuplicateLink(_Strict):
+    ticket_id: uuid.UUID = Field(description="The other ticket: the original (confirm) or the wrongly suggested one (reject).")
 
 
 class TicketsPublic(BaseModel):

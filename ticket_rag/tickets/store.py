@@ -28,6 +28,7 @@ from weaviate.classes.config import (
     ReplicationDeletionStrategy,
     Tokenization,
 )
+from weaviate.classes.aggregate import Metrics
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery, Sort
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
@@ -70,9 +71,11 @@ logger = logging.getLogger(__name__)
 # external ids map to the same UUID in every deployment: uuid5(namespace, collection NUL external_id)
 TICKET_NAMESPACE = uuid.UUID("5f0b7c1e-3f0e-4d5a-9a57-7e1c2b9d8a10")
 EMBEDDED_FIELDS = ("title", "description")
-_TEXT_FIELDS = ("title", "description", "priority", "status", "category", "tags", "resolution", "external_id")
+_TEXT_FIELDS = ("title", "description", "priority", "status", "category", "type", "tags", "resolution", "external_id")
+# Duplicate links an agent confirmed or rejected (ticket ids as text); set only by duplicates.py.
+LINK_FIELDS = ("duplicate_of", "duplicates", "not_duplicates")
 # What a ticket is read back with (not its keyword terms).
-_PUBLIC_PROPERTIES = [*_TEXT_FIELDS, "created_at", "updated_at"]
+_PUBLIC_PROPERTIES = [*_TEXT_FIELDS, "created_at", "updated_at", *LINK_FIELDS]
 _TERM_PROPERTIES = (TITLE_TERMS, DESCRIPTION_TERMS)
 
 
@@ -184,6 +187,7 @@ class TicketStore:
                         Property(name="priority", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
                         Property(name="status", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
                         Property(name="category", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+                        *_added_properties(),
                         Property(name="tags", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD, index_searchable=False),
                         Property(name="external_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
                         Property(name="created_at", data_type=DataType.DATE, index_range_filters=True),
@@ -232,6 +236,22 @@ class TicketStore:
             )
         return int(result.total_count or 0)
 
+    def labels_version(self, *, collection: str) -> tuple[int, str]:
+        """What changes whenever a ticket is added, edited or deleted: the count and the latest updated_at."""
+        with weaviate_errors(collection):
+            result = self._tenant(collection).aggregate.over_all(
+                total_count=True, return_metrics=Metrics("updated_at").date_(maximum=True)
+            )
+        latest = result.properties["updated_at"].maximum if "updated_at" in result.properties else None
+        return int(result.total_count or 0), str(latest)
+
+    def iterate_labels(self, *, collection: str) -> Iterator[tuple[uuid.UUID, dict[str, Any], list[float]]]:
+        """Every ticket's labels (category, priority, type, tags), keyword terms and vector, for fitting triage."""
+        properties = ["category", "priority", "type", "tags", *_TERM_PROPERTIES]
+        with weaviate_errors(collection):
+            for obj in self._tenant(collection).iterator(include_vector=True, return_properties=properties):
+                yield obj.uuid, obj.properties, obj.vector["default"]
+
     def delete_collection(self, *, name: str) -> None:
         """Drop a collection and every ticket in it."""
         with weaviate_errors():
@@ -269,11 +289,14 @@ class TicketStore:
             ticket_uuid(collection, t.external_id) if t.external_id or ids is None else ids[n]
             for n, t in enumerate(tickets)
         ]
-        existing = self._created_at_of([i for i, t in zip(ids, tickets, strict=True) if t.external_id], collection)
+        existing = self._kept_of([i for i, t in zip(ids, tickets, strict=True) if t.external_id], collection)
         objects, results = [], []
         for ticket_id, ticket, vector in zip(ids, tickets, vectors, strict=True):
-            created_at = ticket.created_at or existing.get(ticket_id) or now
+            kept = existing.get(ticket_id, {})
+            created_at = ticket.created_at or kept.get("created_at") or now
             props = _properties(ticket.model_dump(exclude={"collection", "created_at"}))
+            # A re-import replaces the ticket's fields but keeps the duplicate links agents confirmed or rejected.
+            props.update({k: v for k, v in kept.items() if k in LINK_FIELDS and v})
             props.update(created_at=_aware(created_at), updated_at=now)
             public = _public(ticket_id, collection, props)
             props.update(self.analyzer.properties(title=ticket.title, description=ticket.description))
@@ -283,14 +306,15 @@ class TicketStore:
             _replace(self._tenant(collection), objects)
         return results
 
-    def _created_at_of(self, ids: list[uuid.UUID], collection: str) -> dict[uuid.UUID, datetime]:
+    def _kept_of(self, ids: list[uuid.UUID], collection: str) -> dict[uuid.UUID, dict[str, Any]]:
+        """What a replaced ticket keeps: its creation time and its duplicate links."""
         if not ids:
             return {}
         with weaviate_errors(collection):
             found = self._tenant(collection).query.fetch_objects(
-                filters=Filter.by_id().contains_any(ids), limit=len(ids), return_properties=["created_at"]
+                filters=Filter.by_id().contains_any(ids), limit=len(ids), return_properties=["created_at", *LINK_FIELDS]
             )
-        return {o.uuid: o.properties["created_at"] for o in found.objects}
+        return {o.uuid: o.properties for o in found.objects}
 
     def get_many(self, *, ids: Sequence[uuid.UUID], collection: str) -> dict[uuid.UUID, TicketPublic]:
         """The tickets among these ids that exist in this collection."""
@@ -336,6 +360,13 @@ class TicketStore:
         with weaviate_errors(collection):
             self._tenant(collection).data.update(uuid=ticket_id, properties=props, vector=vector)
         return merged.model_copy(update={"updated_at": now})
+
+    def set_links(self, *, ticket_id: uuid.UUID, collection: str, links: dict[str, Any]) -> None:
+        """Write only duplicate links (LINK_FIELDS; "" clears duplicate_of): text, vector and updated_at stay."""
+        if not set(links) <= set(LINK_FIELDS):
+            raise ValueError(f"not a link field: {sorted(set(links) - set(LINK_FIELDS))}")
+        with weaviate_errors(collection):
+            self._tenant(collection).data.update(uuid=ticket_id, properties=links)
 
     def delete(self, *, ticket_id: uuid.UUID, collection: str) -> None:
         """Delete a ticket; it is gone from every search at once."""
@@ -450,11 +481,12 @@ def build_ticket_store(*, settings: Settings, client: weaviate.WeaviateClient, e
 
 
 def add_missing_term_properties(client: weaviate.WeaviateClient, class_name: str) -> bool:
-    """Give a collection created before keyword terms existed their properties; True if any were added."""
+    """Give a collection created by an older version the properties added since; True if keyword terms were added."""
     collection = client.collections.use(class_name)
     have = {p.name for p in collection.config.get().properties}
     missing = [p for p in _term_properties() if p.name not in have]
-    for prop in missing:
+    # The type and the duplicate links need no reindex: tickets stored before simply have none.
+    for prop in [*missing, *(p for p in _added_properties() if p.name not in have)]:
         collection.config.add_property(prop)
     return bool(missing)
 
@@ -490,6 +522,17 @@ def _replace(tenant: Collection[Any, Any], objects: list[Any]) -> int:
         first = next(iter(outcome.errors.values()))
         raise StoreUnavailable(f"Weaviate refused {len(outcome.errors)} of {len(objects)} tickets: {first.message}")
     return len(objects)
+
+
+def _added_properties() -> list[Property]:
+    """Properties added after the first release: the ticket type and the duplicate links."""
+    field = {"tokenization": Tokenization.FIELD, "index_searchable": False}
+    return [
+        Property(name="type", data_type=DataType.TEXT, **field),
+        Property(name="duplicate_of", data_type=DataType.TEXT, **field),
+        Property(name="duplicates", data_type=DataType.TEXT_ARRAY, **field),
+        Property(name="not_duplicates", data_type=DataType.TEXT_ARRAY, **field),
+    ]
 
 
 def _term_properties() -> list[Property]:
@@ -585,9 +628,13 @@ def _public(ticket_id: uuid.UUID, collection: str, props: dict[str, Any]) -> Tic
         priority=props.get("priority") or "medium",
         status=props.get("status") or "open",
         category=props.get("category"),
+        type=props.get("type"),
         tags=props.get("tags") or [],
         resolution=props.get("resolution"),
         external_id=props.get("external_id"),
         created_at=props["created_at"],
         updated_at=props["updated_at"],
+        duplicate_of=props.get("duplicate_of") or None,
+        duplicates=props.get("duplicates") or [],
+        not_duplicates=props.get("not_duplicates") or [],
     )

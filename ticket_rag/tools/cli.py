@@ -1,4 +1,4 @@
-"""The `ticket-rag` command: serve, setup, import, eval, reindex, compress."""
+"""The `ticket-rag` command: serve, setup, import, eval, eval-triage, eval-duplicates, reindex, compress."""
 
 from __future__ import annotations
 
@@ -124,6 +124,38 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_eval_triage(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from ticket_rag.tools.importer import parse_mapping
+    from ticket_rag.tools.triage_eval import markdown_report, run_triage_eval, write_report
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise ConfigError(f"no file at {path}")
+    try:
+        mapping = parse_mapping(args.preset, args.map or [])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    report = run_triage_eval(path=path, mapping=mapping, settings=settings, folds=args.folds, fmt=args.format)
+    if args.output:
+        write_report(report, Path(args.output))
+    print(markdown_report(report))
+    return 0
+
+
+def cmd_eval_duplicates(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from ticket_rag.tools.duplicates_eval import markdown_report, run_duplicates_eval, write_report
+
+    report = run_duplicates_eval(dataset_dir=Path(args.dataset), settings=settings, folds=args.folds, ranking=not args.pairs_only)
+    if args.output:
+        write_report(report, Path(args.output))
+    print(markdown_report(report))
+    return 0
+
+
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     """Recompute the keyword terms of stored tickets (after an upgrade, or after KEYWORD_STEMMER changed)."""
     from ticket_rag.errors import CollectionNotFound, StoreUnavailable
@@ -223,6 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="the embedded Weaviate's data folder (default: a temporary one)")
     ev.add_argument("--batch-size", type=int, default=64, help="documents per upsert_many call")
     ev.set_defaults(func=cmd_eval)
+    tr = sub.add_parser("eval-triage", help="k-fold quality of queue, priority, type and tag suggestions on a labelled file")
+    tr.add_argument("file", help="CSV or JSONL, mapped like `import`")
+    tr.add_argument("--preset", choices=["tobi_bueck", "suraj520"], default=None, help="a known dataset's mapping")
+    tr.add_argument("--map", action="append", metavar="FIELD=COLUMN", help="map a ticket field to a column; tags=a+b")
+    tr.add_argument("--format", choices=["csv", "jsonl"], default=None, help="default: from the file name")
+    tr.add_argument("--folds", type=int, default=5)
+    tr.add_argument("--output", default=None, help="a folder for results.json and results.md")
+    tr.set_defaults(func=cmd_eval_triage)
+    du = sub.add_parser("eval-duplicates", help="duplicate detection on labelled pairs and queries (DUPLICATE_THRESHOLD)")
+    du.add_argument(
+        "--dataset", default="../shared/datasets/duplicates",
+        help="a folder with gitbugs/ (corpus.jsonl, dev_queries.tsv, dev_pairs.tsv) and/or askubuntu/dev_pairs.tsv",
+    )  # fmt: skip
+    du.add_argument("--folds", type=int, default=5, help="folds for choosing the threshold by cross-validation")
+    du.add_argument("--pairs-only", action="store_true", help="skip the ranking form (embeds the whole GitBugs corpus)")
+    du.add_argument("--output", default=None, help="a folder for results.json and results.md")
+    du.set_defaults(func=cmd_eval_duplicates)
     rx = sub.add_parser(
         "reindex", help="recompute stored tickets' keyword terms (stop an embedded-mode service first; vectors are kept)"
     )

@@ -48,7 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "resolution": "answer",
         "priority": "priority",
         "category": "queue",
-        "tags": ["type", "tag_1", "tag_2", "tag_3", "tag_4", "tag_5", "tag_6", "tag_7", "tag_8"],
+        "type": "type",
+        "tags": ["tag_1", "tag_2", "tag_3", "tag_4", "tag_5", "tag_6", "tag_7", "tag_8"],
         "status": "=resolved",
     },
     "suraj520": {
