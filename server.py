@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from chains.llm import build_llm, describe_llm
 from chains.prompts import load_prompts
+from chains.evidence import evidence_options
 from chains.rag import ChainOptions, PlaygroundSchema, RagInput, RagOutput, build_rag_chain, check_limits
 from chains.retrieval import TicketRetriever, build_vectorstore
 from ticket_rag import admin, health
@@ -156,6 +157,7 @@ def create_app(
         provider=provider,
         offline_fallback=offline,
         redact=redact if settings.redact_pii else keep,
+        **evidence_options(settings),
     )
     app.state.rag_chain = build_rag_chain(
         retriever=retriever,  # type: ignore[arg-type]
@@ -163,6 +165,7 @@ def create_app(
         prompts=prompts,
         options=options,
         collection_exists=lambda name: app.state.store.collection_exists(name=name),
+        embeddings=lambda: app.state.embeddings,
     )
     _add_langserve_routes(app, settings, retriever, options)
     return app

@@ -1,4 +1,4 @@
-"""The `ticket-rag` command: serve, setup, import, eval, reindex."""
+"""The `ticket-rag` command: serve, setup, import, eval, eval-answers, reindex."""
 
 from __future__ import annotations
 
@@ -123,6 +123,27 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_eval_answers(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from server import create_app
+    from ticket_rag.answer_eval import markdown_answer_report, run_answer_eval
+
+    report = run_answer_eval(
+        settings=settings,
+        app_factory=create_app,
+        output_dir=Path(args.output),
+        beir_dir=Path(args.beir) if args.beir else None,
+        tickets_csv=Path(args.tickets) if args.tickets else None,
+        limit=args.limit,
+        holdout_every=args.holdout_every,
+        fit=args.fit_escalation,
+        evidence_model_out=Path(args.evidence_model_out) if args.evidence_model_out else None,
+    )
+    print(markdown_answer_report(report))
+    return 0
+
+
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     """Recompute the keyword terms of stored tickets (after an upgrade, or after KEYWORD_STEMMER changed)."""
     from ticket_rag.errors import CollectionNotFound, StoreUnavailable
@@ -184,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="the embedded Weaviate's data folder (default: a temporary one)")
     ev.add_argument("--batch-size", type=int, default=64, help="documents per upsert_many call")
     ev.set_defaults(func=cmd_eval)
+    ea = sub.add_parser("eval-answers", help="answer quality of the RAG chain as served (the configured LLM_PROVIDER)")
+    ea.add_argument("--beir", default=None, metavar="DIR", help="a BEIR folder: each judged query asked answerable and unanswerable")
+    ea.add_argument("--tickets", default=None, metavar="CSV", help="a ticket CSV (tobi_bueck columns): held-out tickets as questions")
+    ea.add_argument("--output", required=True, help="the folder for results.json and results.md")
+    ea.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N queries / held-out tickets of each")
+    ea.add_argument("--holdout-every", type=int, default=10, metavar="N", help="every Nth ticket is a question (10)")
+    ea.add_argument("--fit-escalation", action="store_true", help="fit the evidence score on the BEIR questions (2-fold CV)")
+    ea.add_argument("--evidence-model-out", default=None, metavar="JSON", help="where --fit-escalation writes the model")
+    ea.set_defaults(func=cmd_eval_answers)
     rx = sub.add_parser(
         "reindex", help="recompute stored tickets' keyword terms (stop an embedded-mode service first; vectors are kept)"
     )

@@ -39,11 +39,11 @@ def local_llm() -> BaseChatModel:
 
 
 @needs_llama
-def test_auto_without_a_key_builds_the_local_model() -> None:
-    llm = build_llm(make_settings(llm_provider="auto", groq_api_key=None))
+def test_local_by_choice_builds_the_local_model() -> None:
+    llm = build_llm(make_settings(llm_provider="local", groq_api_key=None))
 
     assert isinstance(llm, LlamaCppChatModel)
-    assert llm.metadata is not None and llm.metadata["llm_offline_fallback"] is True
+    assert llm.metadata is not None and llm.metadata["llm_provider"] == "local"
 
 
 @needs_llama

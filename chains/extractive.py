@@ -1,0 +1,117 @@
+"""The extractive answer: the retrieved tickets' own sentences that best answer the question, each with its reference.
+
+Nothing is generated, so nothing can be invented: every sentence is a ticket's text, verbatim apart from
+whitespace. Sentences are ranked by the embedding cosine of sentence and question (the same model that
+retrieved the tickets), with a bonus for a resolution over a problem description; the best ones are
+shown resolutions first. Deterministic: the same tickets and question give the same answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+
+# A sentence ends at . ! ? followed by space and a capital, digit or quote; ticket text also has literal "\n".
+_SPLIT = re.compile(r"(?:\\n|\n)+|(?<=[.!?])\s+(?=[\"'(\[A-ZÄÖÜ0-9])")
+# Salutations, sign-offs and courtesy lines carry no answer.
+_COURTESY = re.compile(
+    r"^(dear|hello|hi|greetings|best regards|kind regards|regards|sincerely|thanks|thank you,|cheers|"
+    r"sehr geehrte|liebe|hallo|guten tag|mit freundlichen|viele grüße|beste grüße|freundliche grüße)\b",
+    re.I,
+)
+_PLACEHOLDER = re.compile(r"<[^>]{1,40}>|\{[a-z_]{2,40}\}")
+MIN_WORDS = 4
+MAX_CHARS = 400
+RESOLUTION_BONUS = 0.05
+# Further sentences must score within this of the best one, so that weak tickets are not cited.
+KEEP_WITHIN = 0.08
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sentence of one retrieved ticket."""
+
+    text: str
+    ticket: int  # index into the retrieved documents
+    kind: str  # resolution or problem
+    position: int  # order within the ticket
+
+
+@dataclass(frozen=True)
+class Ranked:
+    candidate: Candidate
+    cosine: float
+    score: float
+
+
+def split_sentences(text: str) -> list[str]:
+    """A ticket's text as sentences, whitespace collapsed; salutations, placeholders-only and fragments dropped."""
+    out = []
+    for part in _SPLIT.split(text or ""):
+        sentence = " ".join(part.split())
+        words = sentence.split()
+        if len(words) < MIN_WORDS or _COURTESY.match(sentence) or _PLACEHOLDER.fullmatch(sentence):
+            continue
+        if len(sentence) > MAX_CHARS:
+            continue  # a run-on block (a log, a table) rather than a sentence
+        out.append(sentence)
+    return out
+
+
+def candidates(docs: Sequence[Document], *, per_ticket: int = 8) -> list[Candidate]:
+    """Each ticket's resolution sentences, then its title and problem sentences, at most per_ticket of each."""
+    found = []
+    for index, doc in enumerate(docs):
+        resolution = split_sentences(doc.metadata.get("resolution") or "")[:per_ticket]
+        found += [Candidate(s, index, "resolution", n) for n, s in enumerate(resolution)]
+        problem = split_sentences(doc.page_content)[:per_ticket]
+        found += [Candidate(s, index, "problem", n) for n, s in enumerate(problem)]
+    return found
+
+
+def rank(question_vector: Sequence[float], found: Sequence[Candidate], embeddings: Embeddings) -> list[Ranked]:
+    """Candidates by score (cosine to the question, plus the resolution bonus), best first; ties keep ticket order."""
+    if not found:
+        return []
+    vectors = np.asarray(embeddings.embed_documents([c.text for c in found]), dtype=np.float32)
+    question = np.asarray(question_vector, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1) * (np.linalg.norm(question) or 1.0)
+    cosines = (vectors @ question) / np.where(norms == 0, 1.0, norms)
+    ranked = [
+        Ranked(c, float(cos), float(cos) + (RESOLUTION_BONUS if c.kind == "resolution" else 0.0))
+        for c, cos in zip(found, cosines, strict=True)
+    ]
+    return sorted(ranked, key=lambda r: (-round(r.score, 6), r.candidate.ticket, r.candidate.position))
+
+
+def select(ranked: Sequence[Ranked], *, max_sentences: int = 3, max_tickets: int = 2) -> list[Ranked]:
+    """The best sentence, and up to max_sentences - 1 more close to it from at most max_tickets tickets."""
+    if not ranked:
+        return []
+    best = ranked[0].score
+    chosen: list[Ranked] = []
+    tickets: list[int] = []
+    for item in ranked:
+        if len(chosen) == max_sentences or item.score < best - KEEP_WITHIN:
+            break
+        if item.candidate.ticket not in tickets:
+            if len(tickets) == max_tickets:
+                continue
+            tickets.append(item.candidate.ticket)
+        chosen.append(item)
+    # Resolutions first, then in ticket order, then in the ticket's own order: reads like the tickets do.
+    return sorted(chosen, key=lambda r: (r.candidate.kind != "resolution", tickets.index(r.candidate.ticket), r.candidate.position))
+
+
+def compose(chosen: Sequence[Ranked], refs: Sequence[str]) -> list[str]:
+    """The answer's lines: a heading, then each sentence with its ticket reference."""
+    lines = ["From past tickets:"]
+    for item in chosen:
+        label = "Resolution" if item.candidate.kind == "resolution" else "Reported"
+        lines.append(f"- {label}: {item.candidate.text} [{refs[item.candidate.ticket]}]")
+    return lines
