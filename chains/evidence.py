@@ -162,7 +162,7 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
 
 
 def evidence_options(settings: Settings) -> dict[str, Any]:
-    """The ChainOptions fields of the evidence gate, from RAG_EVIDENCE_MODEL and RAG_ESCALATION_THRESHOLD."""
+    """The ChainOptions fields of escalation: RAG_EVIDENCE_MODEL, RAG_ESCALATION_THRESHOLD, RAG_SUFFICIENCY_CHECK."""
     try:
         model = load_evidence_model(settings.rag_evidence_model)
     except ValueError as exc:
@@ -171,4 +171,5 @@ def evidence_options(settings: Settings) -> dict[str, Any]:
         "evidence_model": model,
         "escalation_threshold": settings.rag_escalation_threshold,
         "keyword_stemmer": settings.keyword_stemmer,
+        "sufficiency_check": settings.rag_sufficiency_check,
     }

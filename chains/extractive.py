@@ -3,7 +3,7 @@
 Nothing is generated, so nothing can be invented: every sentence is a ticket's text, verbatim apart from
 whitespace. Sentences are ranked by the embedding cosine of sentence and question (the same model that
 retrieved the tickets), with a bonus for a resolution over a problem description; the best ones are
-shown resolutions first. Deterministic: the same tickets and question give the same answer.
+quoted, resolutions only when there are any. Deterministic: the same tickets and question give the same answer.
 """
 
 from __future__ import annotations
@@ -90,7 +90,13 @@ def rank(question_vector: Sequence[float], found: Sequence[Candidate], embedding
 
 
 def select(ranked: Sequence[Ranked], *, max_sentences: int = 3, max_tickets: int = 2) -> list[Ranked]:
-    """The best sentence, and up to max_sentences - 1 more close to it from at most max_tickets tickets."""
+    """The best sentence, and up to max_sentences - 1 more close to it from at most max_tickets tickets.
+
+    When any ticket has a resolution, only resolutions are quoted: the question is usually a problem like
+    the ones reported, so problem sentences would match best and answer nothing.
+    """
+    if any(r.candidate.kind == "resolution" for r in ranked):
+        ranked = [r for r in ranked if r.candidate.kind == "resolution"]
     if not ranked:
         return []
     best = ranked[0].score

@@ -22,19 +22,36 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
 from langchain_core.runnables.utils import AddableDict
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-from chains.answers import Evidence, escalation_answer, ticket_text, extractive_answer, guarded_local_answer, weigh_evidence
+from chains.answers import (
+    Evidence,
+    escalation_answer,
+    extractive_answer,
+    guarded_local_answer,
+    ticket_text,
+    weigh_evidence,
+)
 from chains.evidence import EvidenceModel
 from chains.guard import RepetitionGuard
 from chains.prompts import Prompts
 from chains.retrieval import TicketRetriever
-from ticket_rag.tickets.keywords import KeywordAnalyzer
+from chains.sufficiency import Sufficiency, check_sufficiency
 from ticket_rag.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
 from ticket_rag.redaction import keep
-from ticket_rag.tickets.schemas import CollectionName, QueryText, SearchFilters, clean_text
+from ticket_rag.tickets.keywords import KeywordAnalyzer
+from ticket_rag.tickets.schemas import (
+    CollectionName,
+    QueryText,
+    SearchFilters,
+    clean_text,
+)
 
 NO_TICKETS_ANSWER = (
     "No past ticket matches this question closely enough to answer it. "
     "Please escalate it to a human agent, or add detail and ask again."
+)
+SUFFICIENCY_ANSWER = (
+    "The language model judged that the past tickets do not answer this question ({reason}). "
+    "Please escalate it to a human agent."
 )
 OFFLINE_NOTE = "Answered by the offline fallback model ({model}); check the cited tickets."
 
@@ -116,6 +133,8 @@ class ChainOptions:
     evidence_model: EvidenceModel | None = None
     escalation_threshold: float | None = None
     keyword_stemmer: str = "english"
+    # Ask a Groq model whether the tickets answer before it writes the answer (chains/sufficiency.py).
+    sufficiency_check: bool = False
     # Applied to the question and to the ticket text the LLM sees (ticket_rag.redaction.redact with REDACT_PII).
     redact: Callable[[str], str] = keep
 
@@ -307,6 +326,7 @@ def build_rag_chain(
     local = llm is not None and options.provider == "local"
     offline = llm is not None and (options.offline_fallback or local)
     extractive = llm is None and options.provider == "extractive" and embeddings is not None
+    judge = llm is not None and options.sufficiency_check and options.provider == "groq"
     context_limit = 300 if offline else 1200
     analyzer = KeywordAnalyzer(options.keyword_stemmer)
 
@@ -368,6 +388,16 @@ def build_rag_chain(
             return _listing(state["sources"])
         return extractive_answer(state["evidence"], state["all_docs"], state["docs"], refs)
 
+    async def _judge(state: dict[str, Any], config: RunnableConfig) -> Sufficiency | None:
+        try:
+            verdict = await check_sufficiency(
+                llm, prompts.sufficiency, context=state["context"], question=state["standalone_question"], config=config  # type: ignore[arg-type]
+            )
+        except Exception as exc:
+            raise _llm_error(exc) from exc
+        state["sufficiency"] = verdict.model_dump() if verdict else {"answerable": None, "reason": "no usable verdict"}
+        return verdict
+
     async def answer(states: AsyncIterator[dict[str, Any]], config: RunnableConfig) -> AsyncIterator[AddableDict]:
         # Drain the input first, so the earlier steps' runs end before generation (which may fail) starts.
         for state in [s async for s in states]:
@@ -377,6 +407,13 @@ def build_rag_chain(
             started = time.perf_counter()
             generated = False
             guard: dict[str, str] | None = None
+            verdict: Sufficiency | None = None
+            if refs and judge and not evidence.escalate:
+                try:
+                    verdict = await _judge(state, config)
+                except (UpstreamUnavailable, UpstreamTimeout) as error:
+                    yield AddableDict(error={"status_code": error.status_code, "detail": error.detail})
+                    raise
             if not refs:
                 kind = "no_tickets"
                 yield AddableDict(answer=NO_TICKETS_ANSWER)
@@ -397,7 +434,7 @@ def build_rag_chain(
                 messages = prompts.answer.format_messages(context=state["context"], question=state["standalone_question"])
                 try:
                     text, problem = await guarded_local_answer(
-                        llm=llm, messages=messages, config=config, clean=lambda t: sanitizer.feed(t) + sanitizer.close(),
+                        llm=llm, messages=messages, config=config, clean=lambda t, s=sanitizer: s.feed(t) + s.close(),
                         context=[ticket_text(d) for d in state["docs"]],
                     )  # fmt: skip
                 except Exception as exc:
@@ -412,6 +449,9 @@ def build_rag_chain(
                 else:
                     text += "\n\n" + OFFLINE_NOTE.format(model=options.model) + " Sources: " + " ".join(f"[{r}]" for r in refs)
                 yield AddableDict(answer=text)
+            elif verdict is not None and not verdict.answerable:
+                kind = "escalation"
+                yield AddableDict(answer=SUFFICIENCY_ANSWER.format(reason=_as_data(verdict.reason, 300) or "no reason given"))
             else:
                 generated, kind = True, "generated"
                 sanitizer = AnswerSanitizer(refs, keep_citations=not offline)
@@ -459,6 +499,7 @@ def build_rag_chain(
                     "guard": guard,
                     "escalated": kind in ("escalation", "no_tickets"),
                     "evidence": evidence.public(),
+                    "sufficiency": state.get("sufficiency"),
                     "no_relevant_tickets": not refs,
                     "standalone_question": state["standalone_question"],
                     "retrieval": {

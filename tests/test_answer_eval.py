@@ -115,7 +115,7 @@ def test_the_harness_flags_each_fault_of_a_scripted_model(
     # The gate off and every ticket kept, so each question reaches the model exactly once, in order.
     settings = settings.model_copy(update={
         "llm_provider": "groq", "groq_api_key": SecretStr("gsk_test"), "groq_base_url": fake_groq.url,
-        "rag_escalation_threshold": 0.0, "rag_min_similarity": -1.0, "llm_max_retries": 0,
+        "rag_escalation_threshold": 0.0, "rag_min_similarity": -1.0, "llm_max_retries": 0, "rag_sufficiency_check": False,
     })  # fmt: skip
     fake_groq.then(*(Reply(chunks=chunks) for _, chunks in FAULTS))
     try:

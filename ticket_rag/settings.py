@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     # Escalate when the evidence score (chains/evidence.py) is below this; unset: the calibrated threshold
     # in RAG_EVIDENCE_MODEL (docs/answers.md); 0 turns the gate off.
     rag_escalation_threshold: float | None = Field(None, ge=0, le=1)
+    # With Groq: the model first says (as JSON) whether the tickets answer the question; escalate when not.
+    rag_sufficiency_check: bool = True
     rag_evidence_model: Path = Path(__file__).resolve().parent.parent / "chains" / "evidence_model.json"
 
     # The LLM. auto: Groq when GROQ_API_KEY is set, else the extractive answer (no model).

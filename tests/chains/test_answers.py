@@ -20,9 +20,17 @@ from chains.prompts import load_prompts
 from chains.rag import ChainOptions, build_rag_chain
 from chains.retrieval import TicketRetriever
 from server import create_app
-from ticket_rag.settings import Settings
-from tests.chains.test_rag_chain import OPEN_PASSWORD, PASSWORD, VPN, RecordingChatModel, _events, _invoke, _seed
+from tests.chains.test_rag_chain import (
+    OPEN_PASSWORD,
+    PASSWORD,
+    VPN,
+    RecordingChatModel,
+    _events,
+    _invoke,
+    _seed,
+)
 from tests.conftest import make_settings
+from ticket_rag.settings import Settings
 
 INVOICE = {
     "title": "Invoice charged twice",
