@@ -53,6 +53,13 @@ SUFFICIENCY_ANSWER = (
     "The language model judged that the past tickets do not answer this question ({reason}). "
     "Please escalate it to a human agent."
 )
+WITHHELD = {
+    "repetition": "it repeated itself",
+    "truncated": "it was cut at the token limit",
+    "leftover": "it left link debris",
+    "ungrounded": "it stated numbers or codes that no ticket holds",
+    "empty": "it was empty",
+}
 OFFLINE_NOTE = "Answered by the offline fallback model ({model}); check the cited tickets."
 
 
@@ -443,9 +450,8 @@ def build_rag_chain(
                     raise error from exc
                 if problem is not None:
                     kind, guard = "extractive", {"kind": problem.kind, "detail": problem.detail}
-                    text = offline_answer(state, refs) + (
-                        f"\n\n(The offline model's answer was withheld: {problem.detail}.)"
-                    )
+                    # The detail (which may quote the invented fact) stays in the metadata.
+                    text = offline_answer(state, refs) + f"\n\n(The offline model's answer was withheld: {WITHHELD[problem.kind]}.)"
                 else:
                     text += "\n\n" + OFFLINE_NOTE.format(model=options.model) + " Sources: " + " ".join(f"[{r}]" for r in refs)
                 yield AddableDict(answer=text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,10 @@ def test_extractive_answers_are_cited_grounded_and_clean(settings: Settings, emb
     assert modes["ticket"]["gold_similarity"] is not None and modes["ticket"]["top_resolution_similarity"] is not None
     answered = [q for q in report["questions"] if q["mode"] == "answerable" and not q["escalated"]]
     assert answered and all(q["cited"] for q in answered)
-    # the unanswerable variant never retrieves the judged abstracts
-    for q in report["questions"]:
-        if q["mode"] == "unanswerable":
-            twin = next(a for a in report["questions"] if a["id"] == q["id"] and a["mode"] == "answerable")
-            assert not set(q["retrieved"]) & {c for c in twin["retrieved"] if twin["citation_recall"] is not None and c in twin["cited"]}
+    # the unanswerable variant never retrieves the judged abstracts; the answerable one mostly does
+    beir = [q for q in report["questions"] if q["mode"] != "ticket"]
+    assert all(not set(q["retrieved"]) & set(q["relevant"]) for q in beir if q["mode"] == "unanswerable")
+    assert sum(bool(set(q["retrieved"]) & set(q["relevant"])) for q in beir if q["mode"] == "answerable") >= 5
     written = json.loads((tmp_path / "out" / "results.json").read_text())
     assert written["escalation"]["cross_validated"]["held_out"]["questions"] == 12
     assert "| answerable | 6 |" in (tmp_path / "out" / "results.md").read_text()
@@ -107,6 +107,12 @@ FAULTS: list[tuple[str, list[str]]] = [
     ("loop", ["The answer is: "] * 40),
     ("refusal", ["I'm unable to provide ", "medical information."]),
 ]
+
+
+@pytest.fixture()
+def fake_groq() -> Iterator[FakeGroq]:
+    with FakeGroq() as fake:
+        yield fake
 
 
 def test_the_harness_flags_each_fault_of_a_scripted_model(

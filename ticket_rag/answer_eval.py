@@ -157,6 +157,7 @@ def score_answer(question: Question, out: Mapping[str, Any], corpus: Corpus) -> 
         "escalation_risk": 1 - score if score is not None else float(escalated),
         "features": evidence.get("features") or {},
         "retrieved": retrieved,
+        "relevant": sorted(question.relevant) if question.relevant is not None else None,
         "cited": cites,
         "guard": meta.get("guard"),
         "refusal": not escalated and am.is_refusal(answer),
@@ -190,6 +191,11 @@ def _degenerate(answer: str, meta: Mapping[str, Any]) -> str | None:
 # --- escalation: cross-validated fit ------------------------------------------------------------------------
 
 
+def _fit_evidence(rows: Sequence[Mapping[str, Any]]) -> EvidenceModel:
+    """The evidence score (the chance that the question is answerable) fitted on these questions."""
+    return fit_logistic([r["features"] for r in rows], [int(not r["should_escalate"]) for r in rows])
+
+
 def _best_threshold(scores: Sequence[float], should: Sequence[bool]) -> float:
     """The evidence-score threshold (escalate below it) with the best F1 on these questions."""
     best, best_f1 = 0.5, -1.0
@@ -214,7 +220,7 @@ def cross_validate_escalation(records: Sequence[Mapping[str, Any]]) -> dict[str,
     for test_ids in folds:
         train = [r for r in rows if r["id"] not in test_ids]
         test = [r for r in rows if r["id"] in test_ids]
-        model = fit_logistic([r["features"] for r in train], [int(r["should_escalate"]) for r in train])
+        model = _fit_evidence(train)
         threshold = _best_threshold([model.score(r["features"]) for r in train], [r["should_escalate"] for r in train])
         scores = [model.score(r["features"]) for r in test]
         should = [r["should_escalate"] for r in test]
@@ -241,12 +247,7 @@ def cross_validate_escalation(records: Sequence[Mapping[str, Any]]) -> dict[str,
 def fit_escalation(records: Sequence[Mapping[str, Any]], provenance: dict[str, Any]) -> EvidenceModel:
     """The model fitted on every BEIR question, with the F1-best threshold, and where it came from."""
     rows = [r for r in records if r["mode"] in ("answerable", "unanswerable") and r["features"]]
-    model = fit_logistic([r["features"] for r in rows], [int(r["should_escalate"]) for r in rows])
-    # The model predicts "unanswerable"; the chain's score is the chance of "answerable".
-    model = EvidenceModel(
-        weights={k: -v for k, v in model.weights.items()}, bias=-model.bias, means=model.means, scales=model.scales,
-        threshold=0.5,
-    )  # fmt: skip
+    model = _fit_evidence(rows)
     threshold = _best_threshold([model.score(r["features"]) for r in rows], [r["should_escalate"] for r in rows])
     curve = am.threshold_curve([1 - model.score(r["features"]) for r in rows], [r["should_escalate"] for r in rows], 21)
     return EvidenceModel(
@@ -278,6 +279,9 @@ def _mode_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "refusals": sum(r["refusal"] for r in records),
         "gold_similarity": am.mean_of(records, "gold_similarity"),
         "top_resolution_similarity": am.mean_of(records, "top_resolution_similarity"),
+        # The same two on the questions that were answered (an escalation is not meant to resemble the gold).
+        "gold_similarity_answered": am.mean_of(answered, "gold_similarity"),
+        "top_resolution_similarity_answered": am.mean_of(answered, "top_resolution_similarity"),
         "latency_p50_ms": am.percentile_ms(latency, 50),
         "latency_p95_ms": am.percentile_ms(latency, 95),
         "first_chunk_p50_ms": am.percentile_ms(first, 50),
@@ -479,6 +483,14 @@ def markdown_answer_report(report: Mapping[str, Any]) -> str:
             f"| {_cell(m['latency_p50_ms'], 0)} / {_cell(m['latency_p95_ms'], 0)} "
             f"| {_cell(m['first_chunk_p50_ms'], 0)} / {_cell(m['first_chunk_p95_ms'], 0)} |"
         )
+    gold = [(mode, m) for mode, m in report["modes"].items() if m["gold_similarity"] is not None]
+    for mode, m in gold:
+        lines += [
+            "",
+            f"{mode}: answer-gold cosine {_cell(m['gold_similarity'])} against {_cell(m['top_resolution_similarity'])} for "
+            f"the top ticket's resolution returned as it is; on the {m['questions'] - m['escalated']} answered questions "
+            f"{_cell(m['gold_similarity_answered'])} against {_cell(m['top_resolution_similarity_answered'])}.",
+        ]
     esc = report.get("escalation")
     if esc:
         served = esc["as_served"]
