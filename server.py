@@ -165,7 +165,6 @@ def create_app(
         prompts=prompts,
         options=options,
         collection_exists=lambda name: app.state.store.collection_exists(name=name),
-        embeddings=lambda: app.state.embeddings,
     )
     _add_langserve_routes(app, settings, retriever, options)
     return app

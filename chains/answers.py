@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.documents import Document
-from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
@@ -48,18 +47,18 @@ def weigh_evidence(
     *,
     question: str,
     docs: Sequence[Document],
-    embeddings: Embeddings,
     analyzer: KeywordAnalyzer,
     model: EvidenceModel | None,
     threshold: float | None,
 ) -> Evidence:
     """Rank the tickets' sentences against the question and score the evidence; escalate below the threshold."""
-    ranked = rank(embeddings.embed_query(question), candidates(docs), embeddings) if docs else []
+    similarities = [float(d.metadata["similarity"]) for d in docs]
+    ranked = rank(question, candidates(docs), analyzer, similarities)
     best: dict[int, float] = {}
     for item in ranked:
-        best.setdefault(item.candidate.ticket, item.cosine)
+        best[item.candidate.ticket] = max(best.get(item.candidate.ticket, 0.0), item.match)
     features = evidence_features(
-        similarities=[float(d.metadata["similarity"]) for d in docs],
+        similarities=similarities,
         question_terms=set(analyzer.terms(question).split()),
         ticket_terms=[set(analyzer.terms(ticket_text(d)).split()) for d in docs],
         sentence_best=best,
@@ -82,7 +81,7 @@ def escalation_answer(evidence: Evidence, sources: Sequence[dict[str, Any]]) -> 
         lines.append(f"Closest ticket: [{top['ref']}] {top['title']} (similarity {top['score']:.2f}).")
     if evidence.ranked:
         item = evidence.ranked[0]
-        lines.append(f"Closest sentence (similarity {item.cosine:.2f}): {item.candidate.text}")
+        lines.append(f"Closest sentence (holds {item.match:.0%} of the question's weighted words): {item.candidate.text}")
     return "\n".join(lines)
 
 
@@ -93,7 +92,7 @@ def extractive_answer(evidence: Evidence, all_docs: Sequence[Document], kept: Se
     for item in evidence.ranked:
         new = index.get(str(all_docs[item.candidate.ticket].metadata["id"]))
         if new is not None:
-            ranked.append(Ranked(_moved(item, new), item.cosine, item.score))
+            ranked.append(Ranked(_moved(item, new), item.match, item.score))
     chosen = select(ranked)
     if not chosen:
         return "\n".join(["The relevant past tickets, with no sentence that answers directly:"] + [f"- [{r}]" for r in refs])

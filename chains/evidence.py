@@ -4,8 +4,9 @@ Features (all from one retrieval, no extra query):
 - top_cosine: the best ticket's cosine to the question;
 - margin: best minus second-best ticket cosine; gap_to_rest: best minus the mean of the others
   (an answering ticket stands out; without one the hits are a flat cluster of near-topics);
-- best_sentence: the best single sentence's cosine (an answer is usually one sentence, a near-topic
-  ticket matches only as a whole); sentence_margin: best sentence minus the best from another ticket;
+- best_sentence: the largest share of the question's words, weighted by rarity, that one sentence holds
+  (an answer is usually one sentence; a near-topic ticket matches only as a whole); sentence_margin: the
+  best sentence's share minus the best share in another ticket;
 - coverage: share of the question's stemmed words found in the best ticket; rare_coverage: the same,
   each word weighted by how few of the retrieved tickets contain it (words every hit shares are the topic,
   words only one hit has are the specifics);
@@ -50,7 +51,7 @@ def evidence_features(
     sentence_best: Mapping[int, float],
 ) -> dict[str, float]:
     """The features of one retrieval: hits in the retriever's (hybrid) order, their cosines and stemmed words,
-    and the best sentence cosine of each ticket (by index)."""
+    and the best sentence match of each ticket (by index)."""
     if not similarities:
         return dict.fromkeys(FEATURES, 0.0)
     order = sorted(range(len(similarities)), key=lambda i: -similarities[i])
@@ -59,7 +60,7 @@ def evidence_features(
     second = cos[1] if len(cos) > 1 else 0.0
     rest = float(np.mean(cos[1:])) if len(cos) > 1 else 0.0
     sentences = sorted(sentence_best.items(), key=lambda item: -item[1])
-    best_sentence = sentences[0][1] if sentences else cos[0]
+    best_sentence = sentences[0][1] if sentences else 0.0
     other = next((v for i, v in sentences[1:] if i != sentences[0][0]), 0.0) if sentences else 0.0
     terms = question_terms
     found = ticket_terms[top] if ticket_terms else set()

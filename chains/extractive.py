@@ -1,20 +1,22 @@
 """The extractive answer: the retrieved tickets' own sentences that best answer the question, each with its reference.
 
 Nothing is generated, so nothing can be invented: every sentence is a ticket's text, verbatim apart from
-whitespace. Sentences are ranked by the embedding cosine of sentence and question (the same model that
-retrieved the tickets), with a bonus for a resolution over a problem description; the best ones are
-quoted, resolutions only when there are any. Deterministic: the same tickets and question give the same answer.
+whitespace. Sentences are ranked by how much of the question's rarer words they hold (no model call, so the
+first line streams within milliseconds of retrieval), helped by their ticket's similarity; the best ones
+are quoted, resolutions only when there are any. Deterministic: the same tickets and question give the same answer.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from langchain_core.documents import Document
-from langchain_core.embeddings import Embeddings
+
+from ticket_rag.tickets.keywords import KeywordAnalyzer
 
 # A sentence ends at . ! ? followed by space and a capital, digit or quote; ticket text also has literal "\n".
 _SPLIT = re.compile(r"(?:\\n|\n)+|(?<=[.!?])\s+(?=[\"'(\[A-ZÄÖÜ0-9])")
@@ -28,6 +30,8 @@ _PLACEHOLDER = re.compile(r"<[^>]{1,40}>|\{[a-z_]{2,40}\}")
 MIN_WORDS = 4
 MAX_CHARS = 400
 RESOLUTION_BONUS = 0.05
+# How much the ticket's own cosine to the question counts beside the sentence's word match.
+TICKET_WEIGHT = 0.2
 # Further sentences must score within this of the best one, so that weak tickets are not cited.
 KEEP_WITHIN = 0.08
 
@@ -45,7 +49,7 @@ class Candidate:
 @dataclass(frozen=True)
 class Ranked:
     candidate: Candidate
-    cosine: float
+    match: float  # weighted share of the question's words in the sentence
     score: float
 
 
@@ -74,18 +78,27 @@ def candidates(docs: Sequence[Document], *, per_ticket: int = 8) -> list[Candida
     return found
 
 
-def rank(question_vector: Sequence[float], found: Sequence[Candidate], embeddings: Embeddings) -> list[Ranked]:
-    """Candidates by score (cosine to the question, plus the resolution bonus), best first; ties keep ticket order."""
+def rank(question: str, found: Sequence[Candidate], analyzer: KeywordAnalyzer, similarities: Sequence[float]) -> list[Ranked]:
+    """Candidates by score, best first; ties keep ticket order.
+
+    match: the share of the question's stemmed words a sentence holds, each word weighted by its rarity
+    among the candidate sentences (BM25's idf), so a sentence that has the question's specific words beats
+    one that shares only the topic. score: match, plus a little of the ticket's cosine to the question and
+    the resolution bonus.
+    """
     if not found:
         return []
-    vectors = np.asarray(embeddings.embed_documents([c.text for c in found]), dtype=np.float32)
-    question = np.asarray(question_vector, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1) * (np.linalg.norm(question) or 1.0)
-    cosines = (vectors @ question) / np.where(norms == 0, 1.0, norms)
-    ranked = [
-        Ranked(c, float(cos), float(cos) + (RESOLUTION_BONUS if c.kind == "resolution" else 0.0))
-        for c, cos in zip(found, cosines, strict=True)
-    ]
+    wanted = set(analyzer.terms(question).split())
+    held = [set(analyzer.terms(c.text).split()) & wanted for c in found]
+    df = Counter(t for terms in held for t in terms)
+    n = len(found)
+    idf = {t: math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in wanted}
+    total = sum(idf.values()) or 1.0
+    ranked = []
+    for c, terms in zip(found, held, strict=True):
+        match = sum(idf[t] for t in terms) / total
+        bonus = RESOLUTION_BONUS if c.kind == "resolution" else 0.0
+        ranked.append(Ranked(c, match, match + TICKET_WEIGHT * similarities[c.ticket] + bonus))
     return sorted(ranked, key=lambda r: (-round(r.score, 6), r.candidate.ticket, r.candidate.position))
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from langchain_core.documents import Document
-from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator, RunnableLambda
 from langchain_core.runnables.utils import AddableDict
@@ -323,16 +322,11 @@ def build_rag_chain(
     prompts: Prompts,
     options: ChainOptions,
     collection_exists: Callable[[str], bool],
-    embeddings: Callable[[], Embeddings] | None = None,
 ) -> Runnable[Any, Any]:
-    """Compose the named steps into one runnable (async: ainvoke, astream, abatch).
-
-    `embeddings` (the service's model) ranks the tickets' sentences for the evidence gate and the extractive
-    answer; without it the gate is off and LLM_PROVIDER=extractive lists the tickets instead.
-    """
+    """Compose the named steps into one runnable (async: ainvoke, astream, abatch)."""
     local = llm is not None and options.provider == "local"
     offline = llm is not None and (options.offline_fallback or local)
-    extractive = llm is None and options.provider == "extractive" and embeddings is not None
+    extractive = llm is None and options.provider == "extractive"
     judge = llm is not None and options.sufficiency_check and options.provider == "groq"
     context_limit = 300 if offline else 1200
     analyzer = KeywordAnalyzer(options.keyword_stemmer)
@@ -368,13 +362,10 @@ def build_rag_chain(
 
     def weigh(state: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
-        if embeddings is None:
-            state["evidence"] = Evidence([], {}, None, None, False)
-        else:
-            state["evidence"] = weigh_evidence(
-                question=state["standalone_question"], docs=state["docs"], embeddings=embeddings(), analyzer=analyzer,
-                model=options.evidence_model, threshold=options.escalation_threshold,
-            )  # fmt: skip
+        state["evidence"] = weigh_evidence(
+            question=state["standalone_question"], docs=state["docs"], analyzer=analyzer,
+            model=options.evidence_model, threshold=options.escalation_threshold,
+        )  # fmt: skip
         state["evidence_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return state
 
@@ -391,8 +382,6 @@ def build_rag_chain(
         return state
 
     def offline_answer(state: dict[str, Any], refs: list[str]) -> str:
-        if embeddings is None:
-            return _listing(state["sources"])
         return extractive_answer(state["evidence"], state["all_docs"], state["docs"], refs)
 
     async def _judge(state: dict[str, Any], config: RunnableConfig) -> Sufficiency | None:

@@ -121,7 +121,6 @@ def _local_chain(app: Any, reply: str) -> Any:
         prompts=load_prompts(settings.prompts_dir),
         options=ChainOptions(provider="local", model="scripted", min_similarity=settings.rag_min_similarity),
         collection_exists=lambda name: True,
-        embeddings=lambda: app.state.embeddings,
     )
 
 
