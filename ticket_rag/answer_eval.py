@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import platform
 import tempfile
 import time
@@ -44,9 +45,10 @@ from chains.evidence import FEATURES, EvidenceModel, fit_logistic, roc_auc
 from chains.rag import cited
 from ticket_rag import answer_metrics as am
 from ticket_rag.embedding_cache import CachedEmbeddings
-from ticket_rag.evaluation import _ingest, load_beir, source_commit
+from ticket_rag.evaluation import BeirDataset, _ingest, load_beir, source_commit, write_report
 from ticket_rag.importer import PRESETS, map_row, read_rows
 from ticket_rag.settings import ConfigError, Settings
+from ticket_rag.tickets.keywords import KeywordAnalyzer
 from ticket_rag.tickets.schemas import TicketCreate
 from ticket_rag.tickets.store import build_ticket_store, ticket_uuid
 from ticket_rag.weaviate_server import free_port
@@ -83,9 +85,45 @@ class Corpus:
 # --- the questions ----------------------------------------------------------------------------------------
 
 
-def beir_questions(dataset_dir: Path, collection: str, limit: int | None) -> tuple[Any, list[Question]]:
-    """The BEIR dataset, and each judged query as an answerable and an unanswerable question."""
+def hard_distractors(dataset: BeirDataset, query_ids: Sequence[str], per_query: int) -> BeirDataset:
+    """The dataset cut to the queries' judged documents and each query's per_query best BM25 matches among the
+    others: the documents most likely to crowd the top of a retrieval, so the cut keeps the hard part of the
+    corpus (a random cut would make unanswerable questions easy to spot)."""
+    analyzer = KeywordAnalyzer()
+    index: dict[str, dict[int, int]] = {}
+    lengths = []
+    for n, doc in enumerate(dataset.corpus):
+        terms = analyzer.terms(f"{doc.title} {doc.text}").split()
+        lengths.append(len(terms))
+        for term, count in Counter(terms).items():
+            index.setdefault(term, {})[n] = count
+    average = sum(lengths) / max(len(lengths), 1)
+    total = len(dataset.corpus)
+    keep: set[int] = set()
+    position = {doc.id: n for n, doc in enumerate(dataset.corpus)}
+    for query_id in query_ids:
+        judged = {position[d] for d in dataset.qrels[query_id] if d in position}
+        keep |= judged
+        scores: Counter[int] = Counter()
+        for term in set(analyzer.terms(dataset.queries[query_id]).split()):
+            postings = index.get(term, {})
+            idf = math.log(1 + (total - len(postings) + 0.5) / (len(postings) + 0.5))
+            for n, tf in postings.items():
+                scores[n] += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * lengths[n] / average))
+        ranked = [n for n, _ in sorted(scores.items(), key=lambda item: (-item[1], item[0])) if n not in judged]
+        keep.update(ranked[:per_query])
+    corpus = [doc for n, doc in enumerate(dataset.corpus) if n in keep]
+    return BeirDataset(name=dataset.name, corpus=corpus, queries=dataset.queries, qrels=dataset.qrels)
+
+
+def beir_questions(
+    dataset_dir: Path, collection: str, limit: int | None, distractors: int | None = None
+) -> tuple[BeirDataset, list[Question]]:
+    """The BEIR dataset (cut to hard distractors when asked), and each judged query as an answerable and an
+    unanswerable question."""
     dataset = load_beir(dataset_dir)
+    if distractors is not None:
+        dataset = hard_distractors(dataset, list(dataset.queries)[:limit], distractors)
     questions = []
     for query_id, text in list(dataset.queries.items())[:limit]:
         judged = [doc for doc, grade in dataset.qrels[query_id].items() if grade > 0]
@@ -313,6 +351,7 @@ def run_answer_eval(
     tickets_csv: Path | None = None,
     limit: int | None = None,
     holdout_every: int = 10,
+    distractors: int | None = None,
     fit: bool = False,
     evidence_model_out: Path | None = None,
     embeddings: Embeddings | None = None,
@@ -345,7 +384,7 @@ def run_answer_eval(
         # The chain embeds with the plain model (no disk cache), so its timings are a cold service's.
         app = app_factory(settings, embeddings=embeddings)
         records = asyncio.run(
-            _run(app, settings, cached, embeddings, beir_dir, tickets_csv, limit, holdout_every, datasets, progress)
+            _run(app, settings, cached, embeddings, beir_dir, tickets_csv, limit, holdout_every, distractors, datasets, progress)
         )
     by_mode: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -382,7 +421,7 @@ def run_answer_eval(
             report["escalation"]["fitted"] = model.to_json()
             if evidence_model_out is not None:
                 evidence_model_out.write_text(json.dumps(model.to_json(), indent=2) + "\n", encoding="utf-8")
-    write_answer_report(report, output_dir)
+    write_report(report, output_dir, markdown=markdown_answer_report)
     return report
 
 
@@ -401,6 +440,7 @@ async def _run(
     tickets_csv: Path | None,
     limit: int | None,
     holdout_every: int,
+    distractors: int | None,
     datasets: dict[str, Any],
     progress: bool,
 ) -> list[dict[str, Any]]:
@@ -411,7 +451,7 @@ async def _run(
         jobs: list[tuple[str, list[Question], Corpus]] = []
         if beir_dir is not None:
             collection = f"answers-beir-{uuid.uuid4().hex[:8]}"
-            dataset, questions = beir_questions(beir_dir, collection, limit)
+            dataset, questions = beir_questions(beir_dir, collection, limit, distractors)
             store.create_collection(name=collection)
             corpus = Corpus()
             ingest = await asyncio.to_thread(
@@ -424,7 +464,9 @@ async def _run(
                 if mapped.ticket is not None:
                     corpus.add(collection, mapped.ticket)
             datasets["beir"] = {"name": dataset.name, "path": str(beir_dir), "documents": ingest["documents"],
-                                "queries": len(questions) // 2, "questions": len(questions)}  # fmt: skip
+                                "queries": len(questions) // 2, "questions": len(questions),
+                                "corpus": "full" if distractors is None else
+                                f"judged documents + {distractors} best BM25 distractors per query"}  # fmt: skip
             jobs.append((collection, questions, corpus))
         if tickets_csv is not None:
             collection = f"answers-tickets-{uuid.uuid4().hex[:8]}"
@@ -523,12 +565,3 @@ def markdown_answer_report(report: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_answer_report(report: Mapping[str, Any], output_dir: Path) -> tuple[Path, Path]:
-    """results.json (with every question) and results.md in output_dir."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = output_dir / "results.json", output_dir / "results.md"
-    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    md_path.write_text(markdown_answer_report(report), encoding="utf-8")
-    return json_path, md_path
