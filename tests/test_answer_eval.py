@@ -146,3 +146,18 @@ def test_the_harness_flags_each_fault_of_a_scripted_model(
 def test_the_command_needs_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval-answers", "--output", str(tmp_path)]) == 2
     assert "--beir DIR, --tickets CSV" in capsys.readouterr().err
+
+
+def test_a_cut_corpus_keeps_the_judged_documents_and_the_closest_distractors() -> None:
+    from ticket_rag.answer_eval import hard_distractors
+    from ticket_rag.evaluation import BeirDataset, BeirDoc
+
+    corpus = [
+        BeirDoc("gold", "Vitamin D", "Vitamin D supplements lower fracture risk in older women."),
+        BeirDoc("near", "Vitamin D and bones", "Vitamin D levels and fracture risk were not associated."),
+        BeirDoc("far", "Malaria", "Bed nets reduce malaria transmission in children."),
+        BeirDoc("mid", "Fractures", "Hip fracture risk rises with age."),
+    ]
+    dataset = BeirDataset("toy", corpus, {"q1": "Vitamin D lowers fracture risk"}, {"q1": {"gold": 1}})
+    cut = hard_distractors(dataset, ["q1"], per_query=2)
+    assert [d.id for d in cut.corpus] == ["gold", "near", "mid"]
