@@ -489,7 +489,7 @@ async def _run(
                 record["threshold"] = (meta.get("evidence") or {}).get("threshold")
                 record["provider"] = {"provider": meta.get("provider"), "model": meta.get("model")}
                 batch.append(record)
-            await asyncio.to_thread(_gold_similarity, batch, questions, corpus, model)
+            await asyncio.to_thread(_gold_similarity, batch, questions, corpus, cached)
             records += batch
             store.delete_collection(name=collection)
     return records
