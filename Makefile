@@ -22,13 +22,19 @@ $(LLAMA_STAMP): $(STAMP)
 	  $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "$$wheel"
 	@touch $@
 
-setup: $(STAMP) $(LLAMA_STAMP)
+# The provider the settings (environment, .env) choose: llama.cpp is built only for `local`.
+PROVIDER = $(VENV)/bin/python -c 'from chains.llm import describe_llm; from ticket_rag.settings import load_settings; \
+  info = describe_llm(load_settings()); print(info.provider if info else "none")'
+
+setup: $(STAMP)
+	@if [ "$$($(PROVIDER))" = local ]; then $(MAKE) --no-print-directory $(LLAMA_STAMP); fi
 	$(VENV)/bin/ticket-rag setup
 
 run: setup
 	$(VENV)/bin/ticket-rag serve
 
-test: setup
+# The tests cover every provider, the local model included, so they always need llama.cpp.
+test: setup $(LLAMA_STAMP)
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # ruff (lint and format), mypy strict on the package, and the import boundary (the domain never loads the web layer).
@@ -38,7 +44,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python .ci/check_boundaries.py
 
-test-slow: setup
+test-slow: setup $(LLAMA_STAMP)
 	$(VENV)/bin/python -m pytest -m slow $(PYTEST_ARGS)
 
 # Re-resolve every pinned package after changing pyproject.toml's dependencies.

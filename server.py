@@ -22,6 +22,7 @@ from langchain_core.runnables import Runnable
 
 from chains.llm import build_llm, describe_llm
 from chains.prompts import load_prompts
+from chains.evidence import evidence_options
 from chains.rag import ChainOptions, build_rag_chain
 from chains.retrieval import TicketRetriever, build_vectorstore
 from ticket_rag.api import health
@@ -199,6 +200,7 @@ def _build_chain(
         provider=provider,
         offline_fallback=offline,
         redact=redact if settings.redact_pii else keep,
+        **evidence_options(settings),
     )
     chain = build_rag_chain(
         retriever=retriever,  # type: ignore[arg-type]

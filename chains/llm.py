@@ -1,4 +1,8 @@
-"""The LLM factory: Groq when a key is set, otherwise the offline SmolLM2, and what its errors mean."""
+"""The LLM factory: Groq when a key is set, otherwise no model (the extractive answer), and what its errors mean.
+
+LLM_PROVIDER=local runs SmolLM2-135M in-process, guarded by the chain (chains/answers.py); it is never
+chosen automatically, because unguarded it loops and invents (docs/answers.md).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from ticket_rag.errors import ConfigError
 from ticket_rag.runtime.local_llm_artifacts import SMOLLM2_NAME, ensure_smollm2
 from ticket_rag.settings import Settings
 
+EXTRACTIVE_NAME = "extractive"
 LLMErrorKind = Literal["rate_limited", "timeout", "unavailable"]
 
 
@@ -22,9 +27,9 @@ LLMErrorKind = Literal["rate_limited", "timeout", "unavailable"]
 class LLMInfo:
     """Which model answers: for labelling answers, traces and the readiness probe."""
 
-    provider: Literal["groq", "local"]
+    provider: Literal["groq", "local", "extractive"]
     model: str
-    # True when LLM_PROVIDER=auto fell back to the local model because GROQ_API_KEY is unset.
+    # True when LLM_PROVIDER=auto fell back to the extractive answer because GROQ_API_KEY is unset.
     offline_fallback: bool
 
 
@@ -35,13 +40,15 @@ def describe_llm(settings: Settings) -> LLMInfo | None:
         return None
     if provider == "groq" or (provider == "auto" and settings.groq_api_key is not None):
         return LLMInfo(provider="groq", model=settings.groq_model, offline_fallback=False)
-    return LLMInfo(provider="local", model=SMOLLM2_NAME, offline_fallback=provider == "auto")
+    if provider == "local":
+        return LLMInfo(provider="local", model=SMOLLM2_NAME, offline_fallback=False)
+    return LLMInfo(provider="extractive", model=EXTRACTIVE_NAME, offline_fallback=provider == "auto")
 
 
 def build_llm(settings: Settings) -> BaseChatModel | None:
-    """The chat model chosen by LLM_PROVIDER, or None when it is `none`; the local model may fetch its weights."""
+    """The chat model chosen by LLM_PROVIDER, or None for `none` and the extractive answer; the local model may fetch its weights."""
     info = describe_llm(settings)
-    if info is None:
+    if info is None or info.provider == "extractive":
         return None
     metadata = {"llm_provider": info.provider, "llm_offline_fallback": info.offline_fallback}
     if info.provider == "groq":

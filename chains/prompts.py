@@ -16,6 +16,7 @@ class PromptError(ValueError):
 class Prompts:
     answer: ChatPromptTemplate
     condense: PromptTemplate
+    sufficiency: ChatPromptTemplate
 
 
 def _read(folder: Path, name: str, variables: set[str]) -> str:
@@ -30,11 +31,13 @@ def _read(folder: Path, name: str, variables: set[str]) -> str:
 
 
 def load_prompts(folder: Path) -> Prompts:
-    """Read system.md, answer.md and condense.md; refuse files with missing or unknown variables."""
+    """Read system.md, answer.md, condense.md and sufficiency.md; refuse files with missing or unknown variables."""
     system = _read(folder, "system.md", set())
     answer = _read(folder, "answer.md", {"context", "question"})
     condense = _read(folder, "condense.md", {"history", "question"})
+    sufficiency = _read(folder, "sufficiency.md", {"context", "question"})
     return Prompts(
         answer=ChatPromptTemplate.from_messages([("system", system), ("human", answer)]),
         condense=PromptTemplate.from_template(condense),
+        sufficiency=ChatPromptTemplate.from_messages([("system", system), ("human", sufficiency)]),
     )

@@ -26,10 +26,22 @@ from langchain_core.runnables import (
 from langchain_core.runnables.utils import AddableDict
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from chains.answers import (
+    Evidence,
+    escalation_answer,
+    extractive_answer,
+    guarded_local_answer,
+    ticket_text,
+    weigh_evidence,
+)
+from chains.evidence import EvidenceModel
+from chains.guard import RepetitionGuard
 from chains.prompts import Prompts
 from chains.retrieval import TicketRetriever
+from chains.sufficiency import Sufficiency, check_sufficiency
 from ticket_rag.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
 from ticket_rag.embeddings.redaction import keep
+from ticket_rag.tickets.keywords import KeywordAnalyzer
 from ticket_rag.tickets.schemas import (
     CollectionName,
     QueryText,
@@ -41,6 +53,17 @@ NO_TICKETS_ANSWER = (
     "No past ticket matches this question closely enough to answer it. "
     "Please escalate it to a human agent, or add detail and ask again."
 )
+SUFFICIENCY_ANSWER = (
+    "The language model judged that the past tickets do not answer this question ({reason}). "
+    "Please escalate it to a human agent."
+)
+WITHHELD = {
+    "repetition": "it repeated itself",
+    "truncated": "it was cut at the token limit",
+    "leftover": "it left link debris",
+    "ungrounded": "it stated numbers or codes that no ticket holds",
+    "empty": "it was empty",
+}
 OFFLINE_NOTE = "Answered by the offline fallback model ({model}); check the cited tickets."
 
 
@@ -87,6 +110,9 @@ class RagInput(PlaygroundSchema):
     chat_history: list[ChatTurn] = Field(default_factory=list, max_length=200)
     k: int | None = Field(None, ge=1, le=100, description="Tickets to retrieve; capped by RAG_MAX_K.")
     exclude_ticket: uuid.UUID | None = Field(None, description="A ticket never to use (the one being answered).")
+    exclude_tickets: list[uuid.UUID] = Field(
+        default_factory=list, max_length=100, description="More tickets never to use (for example, ones known to be outdated)."
+    )
 
 
 class Source(BaseModel):
@@ -117,6 +143,12 @@ class ChainOptions:
     model: str | None = None
     provider: str | None = None
     offline_fallback: bool = False
+    # The evidence gate: escalate when the evidence score (chains/evidence.py) is below the threshold.
+    evidence_model: EvidenceModel | None = None
+    escalation_threshold: float | None = None
+    keyword_stemmer: str = "english"
+    # Ask a Groq model whether the tickets answer before it writes the answer (chains/sufficiency.py).
+    sufficiency_check: bool = False
     # Applied to the question and to the ticket text the LLM sees (ticket_rag.embeddings.redaction.redact with REDACT_PII).
     redact: Callable[[str], str] = keep
 
@@ -146,7 +178,7 @@ def normalise_question(inputs: RagInput | dict[str, Any], options: ChainOptions)
         "filters": data.filters,
         "history": data.chat_history,
         "k": k,
-        "exclude": data.exclude_ticket,
+        "exclude": [t for t in [data.exclude_ticket, *data.exclude_tickets] if t is not None],
     }
 
 
@@ -300,8 +332,12 @@ def build_rag_chain(
     collection_exists: Callable[[str], bool],
 ) -> Runnable[Any, Any]:
     """Compose the named steps into one runnable (async: ainvoke, astream, abatch)."""
-    offline = options.offline_fallback
+    local = llm is not None and options.provider == "local"
+    offline = llm is not None and (options.offline_fallback or local)
+    extractive = llm is None and options.provider == "extractive"
+    judge = llm is not None and options.sufficiency_check and options.provider == "groq"
     context_limit = 300 if offline else 1200
+    analyzer = KeywordAnalyzer(options.keyword_stemmer)
 
     def normalise(inputs: Any) -> dict[str, Any]:
         return normalise_question(inputs, options)
@@ -332,7 +368,17 @@ def build_rag_chain(
         state["retrieve_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return state
 
+    def weigh(state: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        state["evidence"] = weigh_evidence(
+            question=state["standalone_question"], docs=state["docs"], analyzer=analyzer,
+            model=options.evidence_model, threshold=options.escalation_threshold,
+        )  # fmt: skip
+        state["evidence_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        return state
+
     def keep_relevant(state: dict[str, Any]) -> dict[str, Any]:
+        state["all_docs"] = state["docs"]
         docs = [d for d in state["docs"] if d.metadata["similarity"] >= options.min_similarity]
         state["dropped"] = len(state["docs"]) - len(docs)
         state["docs"] = docs[:3] if offline else docs
@@ -343,24 +389,87 @@ def build_rag_chain(
         state["sources"] = to_sources(state["docs"])
         return state
 
+    def offline_answer(state: dict[str, Any], refs: list[str]) -> str:
+        return extractive_answer(state["evidence"], state["all_docs"], state["docs"], refs)
+
+    async def _judge(state: dict[str, Any], config: RunnableConfig) -> Sufficiency | None:
+        try:
+            verdict = await check_sufficiency(
+                llm, prompts.sufficiency, context=state["context"], question=state["standalone_question"], config=config  # type: ignore[arg-type]
+            )
+        except Exception as exc:
+            raise _llm_error(exc) from exc
+        state["sufficiency"] = verdict.model_dump() if verdict else {"answerable": None, "reason": "no usable verdict"}
+        return verdict
+
     async def answer(states: AsyncIterator[dict[str, Any]], config: RunnableConfig) -> AsyncIterator[AddableDict]:
         # Drain the input first, so the earlier steps' runs end before generation (which may fail) starts.
         for state in [s async for s in states]:
             yield AddableDict(sources=state["sources"])
             refs = [s["ref"] for s in state["sources"]]
+            evidence: Evidence = state["evidence"]
             started = time.perf_counter()
             generated = False
+            guard: dict[str, str] | None = None
+            verdict: Sufficiency | None = None
+            if refs and judge and not evidence.escalate:
+                try:
+                    verdict = await _judge(state, config)
+                except (UpstreamUnavailable, UpstreamTimeout) as error:
+                    yield AddableDict(error={"status_code": error.status_code, "detail": error.detail})
+                    raise
             if not refs:
+                kind = "no_tickets"
                 yield AddableDict(answer=NO_TICKETS_ANSWER)
+            elif evidence.escalate:
+                kind = "escalation"
+                yield AddableDict(answer=escalation_answer(evidence, state["sources"]))
+            elif extractive:
+                kind = "extractive"
+                lines = offline_answer(state, refs).split("\n")
+                for n, line in enumerate(lines):
+                    yield AddableDict(answer=line + ("\n" if n < len(lines) - 1 else ""))
             elif llm is None:
+                kind = "listing"
                 listing = AnswerSanitizer(refs)  # ticket text is untrusted: no links, images or markup in an answer
                 yield AddableDict(answer=listing.feed(_listing(state["sources"])) + listing.close())
-            else:
-                generated = True
-                sanitizer = AnswerSanitizer(refs, keep_citations=not offline)
+            elif local:
+                generated, kind = True, "generated"
+                sanitizer = AnswerSanitizer(refs, keep_citations=False)
                 messages = prompts.answer.format_messages(context=state["context"], question=state["standalone_question"])
                 try:
-                    async for chunk in llm.astream(messages, config):
+                    text, problem = await guarded_local_answer(
+                        llm=llm, messages=messages, config=config, clean=lambda t, s=sanitizer: s.feed(t) + s.close(),
+                        context=[ticket_text(d) for d in state["docs"]],
+                    )  # fmt: skip
+                except Exception as exc:
+                    error = _llm_error(exc)
+                    yield AddableDict(error={"status_code": error.status_code, "detail": error.detail})
+                    raise error from exc
+                if problem is not None:
+                    kind, guard = "extractive", {"kind": problem.kind, "detail": problem.detail}
+                    # The detail (which may quote the invented fact) stays in the metadata.
+                    text = offline_answer(state, refs) + f"\n\n(The offline model's answer was withheld: {WITHHELD[problem.kind]}.)"
+                else:
+                    text += "\n\n" + OFFLINE_NOTE.format(model=options.model) + " Sources: " + " ".join(f"[{r}]" for r in refs)
+                yield AddableDict(answer=text)
+            elif verdict is not None and not verdict.answerable:
+                kind = "escalation"
+                yield AddableDict(answer=SUFFICIENCY_ANSWER.format(reason=_as_data(verdict.reason, 300) or "no reason given"))
+            else:
+                generated, kind = True, "generated"
+                sanitizer = AnswerSanitizer(refs, keep_citations=not offline)
+                loop = RepetitionGuard()
+                messages = prompts.answer.format_messages(context=state["context"], question=state["standalone_question"])
+                stream = llm.astream(messages, config)
+                finish = None
+                try:
+                    async for chunk in stream:
+                        finish = chunk.response_metadata.get("finish_reason") or finish
+                        problem = loop.feed(str(chunk.content))
+                        if problem is not None:
+                            guard = {"kind": problem.kind, "detail": problem.detail}
+                            break
                         text = sanitizer.feed(str(chunk.content))
                         if text:
                             yield AddableDict(answer=text)
@@ -369,7 +478,14 @@ def build_rag_chain(
                     # Stream clients see why before LangServe's own `error` event; invoke raises as usual.
                     yield AddableDict(error={"status_code": error.status_code, "detail": error.detail})
                     raise error from exc
-                tail = sanitizer.close()
+                finally:
+                    await stream.aclose()  # type: ignore[attr-defined]
+                tail = "" if guard else sanitizer.close()
+                if guard:
+                    tail = f" [The model started repeating itself and was stopped: {guard['detail']}.]"
+                elif finish == "length":
+                    guard = {"kind": "truncated", "detail": "cut at the token cap (LLM_MAX_TOKENS)"}
+                    tail += " [The answer was cut at the token limit.]"
                 if offline:
                     tail += "\n\n" + OFFLINE_NOTE.format(model=options.model) + " Sources: " + " ".join(
                         f"[{r}]" for r in refs
@@ -380,9 +496,14 @@ def build_rag_chain(
             yield AddableDict(
                 metadata={
                     "model": options.model if generated else None,
-                    "provider": options.provider if generated else None,
-                    "offline_fallback": offline and generated,
+                    "provider": options.provider if generated or extractive else None,
+                    "offline_fallback": options.offline_fallback and (generated or extractive),
                     "generated": generated,
+                    "answer_kind": kind,
+                    "guard": guard,
+                    "escalated": kind in ("escalation", "no_tickets"),
+                    "evidence": evidence.public(),
+                    "sufficiency": state.get("sufficiency"),
                     "no_relevant_tickets": not refs,
                     "standalone_question": state["standalone_question"],
                     "retrieval": {
@@ -395,6 +516,7 @@ def build_rag_chain(
                     },
                     "timings_ms": {
                         "retrieve": state["retrieve_ms"],
+                        "evidence": state["evidence_ms"],
                         "generate": round((time.perf_counter() - started) * 1000, 1) if generated else 0.0,
                         "total": round((time.perf_counter() - state["started"]) * 1000, 1),
                     },
@@ -407,6 +529,7 @@ def build_rag_chain(
         RunnableLambda(normalise, name="normalise_question")
         | RunnableLambda(_sync_unsupported, afunc=condense, name="condense_question")
         | RunnableLambda(retrieve, name="retrieve_tickets")
+        | RunnableLambda(weigh, name="weigh_evidence")
         | RunnableLambda(keep_relevant, name="drop_irrelevant")
         | RunnableLambda(build_context, name="format_context")
         | RunnableGenerator(answer, name="generate_answer")

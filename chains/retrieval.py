@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,7 +62,7 @@ class TicketRetriever(BaseRetriever):
         collection: str = "default",
         filters: SearchFilters | None = None,
         k: int | None = None,
-        exclude: uuid.UUID | None = None,
+        exclude: uuid.UUID | Sequence[uuid.UUID] | None = None,
     ) -> list[Document]:
         store = self.vectorstore()
         assert store.embeddings is not None

@@ -120,8 +120,15 @@ class Settings(BaseSettings):
     rag_max_batch: int = Field(8, ge=1, le=100)
     prompts_dir: Path = Path(__file__).resolve().parent.parent / "prompts"
 
-    # The LLM. auto: Groq when GROQ_API_KEY is set, else the local model.
-    llm_provider: Literal["auto", "groq", "local", "none"] = "auto"
+    # Escalate when the evidence score (chains/evidence.py) is below this; unset: the calibrated threshold
+    # in RAG_EVIDENCE_MODEL (docs/answers.md); 0 turns the gate off.
+    rag_escalation_threshold: float | None = Field(None, ge=0, le=1)
+    # With Groq: the model first says (as JSON) whether the tickets answer the question; escalate when not.
+    rag_sufficiency_check: bool = True
+    rag_evidence_model: Path = Path(__file__).resolve().parent.parent / "chains" / "evidence_model.json"
+
+    # The LLM. auto: Groq when GROQ_API_KEY is set, else the extractive answer (no model).
+    llm_provider: Literal["auto", "groq", "local", "extractive", "none"] = "auto"
     groq_api_key: SecretStr | None = None
     groq_model: str = "llama-3.3-70b-versatile"
     # Only for tests and proxies: where the Groq client sends requests.

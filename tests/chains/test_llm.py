@@ -163,10 +163,11 @@ def test_auto_with_a_key_picks_groq() -> None:
     assert llm.metadata["llm_provider"] == "groq" and llm.metadata["llm_offline_fallback"] is False
 
 
-def test_auto_without_a_key_falls_back_to_the_local_model() -> None:
+def test_auto_without_a_key_falls_back_to_the_extractive_answer() -> None:
     settings = make_settings(llm_provider="auto", groq_api_key=None)
 
-    assert describe_llm(settings) == LLMInfo(provider="local", model="SmolLM2-135M-Instruct-Q4_1", offline_fallback=True)
+    assert describe_llm(settings) == LLMInfo(provider="extractive", model="extractive", offline_fallback=True)
+    assert build_llm(settings) is None  # no model: the chain answers with the tickets' own sentences
 
 
 def test_local_by_choice_is_not_a_fallback() -> None:

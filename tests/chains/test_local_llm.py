@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
@@ -23,6 +24,7 @@ from ticket_rag.runtime.local_llm_artifacts import (
     ensure_smollm2,
     smollm2_path,
 )
+from ticket_rag.settings import Settings
 
 needs_llama = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,
@@ -44,11 +46,11 @@ def local_llm() -> BaseChatModel:
 
 
 @needs_llama
-def test_auto_without_a_key_builds_the_local_model() -> None:
-    llm = build_llm(make_settings(llm_provider="auto", groq_api_key=None))
+def test_local_by_choice_builds_the_local_model() -> None:
+    llm = build_llm(make_settings(llm_provider="local", groq_api_key=None))
 
     assert isinstance(llm, LlamaCppChatModel)
-    assert llm.metadata is not None and llm.metadata["llm_offline_fallback"] is True
+    assert llm.metadata is not None and llm.metadata["llm_provider"] == "local"
 
 
 @needs_llama
@@ -153,3 +155,30 @@ def test_an_abandoned_stream_frees_the_model(local_llm: BaseChatModel) -> None:
     asyncio.run(leave_early_then_ask_again())
 
     assert answers and "Paris" in answers[0]
+
+
+# The questions that made the unguarded model loop or leak link debris (issue 14), over tickets that answer them.
+LOOPED = ["How do I reset my password?", "Wie kann ich mein Passwort zurücksetzen?", "Our invoice was charged twice"]
+
+
+@needs_llama
+def test_the_served_local_model_never_shows_a_degenerate_answer(settings: Settings, embeddings: Embeddings) -> None:
+    from fastapi.testclient import TestClient
+
+    from chains.guard import degeneracy
+    from server import create_app
+    from tests.chains.test_answers import INVOICE
+    from tests.chains.test_rag_chain import PASSWORD, _invoke, _seed
+
+    settings = settings.model_copy(update={"llm_provider": "local", "llm_max_tokens": 96, "rag_escalation_threshold": 0.0})
+    with TestClient(create_app(settings, embeddings=embeddings)) as client:
+        _seed(client, PASSWORD, INVOICE)
+        outputs = [_invoke(client, question=q) for q in LOOPED]
+    for output in outputs:
+        meta = output["metadata"]
+        assert meta["provider"] == "local"
+        assert degeneracy(output["answer"]) is None, output["answer"]
+        # either the model's own answer, or, when the guard tripped, the tickets' sentences in its place
+        assert (meta["guard"] is None and meta["answer_kind"] == "generated") or (
+            meta["answer_kind"] == "extractive" and output["answer"].startswith("From past tickets:")
+        )

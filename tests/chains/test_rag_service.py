@@ -36,6 +36,9 @@ def groq_client(settings: Settings, embeddings: Embeddings, fake_groq: FakeGroq)
             "groq_base_url": fake_groq.url,
             "llm_timeout": 2.0,
             "llm_max_retries": 1,
+            # One model call per question: these tests are about the Groq boundary (tests/chains/test_sufficiency.py
+            # covers the check that precedes the answer).
+            "rag_sufficiency_check": False,
         }
     )
     with TestClient(create_app(settings, embeddings=embeddings)) as client:

@@ -41,7 +41,8 @@ TICKET = {
 }
 QUESTION = {"input": {"question": "How do I reset my password?"}}
 STEPS = [
-    "normalise_question", "condense_question", "retrieve_tickets", "drop_irrelevant", "format_context", "generate_answer",
+    "normalise_question", "condense_question", "retrieve_tickets", "weigh_evidence", "drop_irrelevant", "format_context",
+    "generate_answer",
 ]  # fmt: skip
 
 

@@ -582,7 +582,7 @@ def weaviate_errors(collection: str | None = None) -> Iterator[None]:
         raise StoreUnavailable("the vector database failed to answer; try again shortly") from exc
 
 
-def weaviate_filter(filters: SearchFilters | None, *, exclude: uuid.UUID | None = None) -> Any:
+def weaviate_filter(filters: SearchFilters | None, *, exclude: uuid.UUID | Sequence[uuid.UUID] | None = None) -> Any:
     """SearchFilters as one Weaviate filter (None when there is nothing to filter on)."""
     parts = []
     if filters is not None:
@@ -598,8 +598,8 @@ def weaviate_filter(filters: SearchFilters | None, *, exclude: uuid.UUID | None 
             parts.append(Filter.by_property("created_at").greater_or_equal(_aware(filters.created_after)))
         if filters.created_before:
             parts.append(Filter.by_property("created_at").less_than(_aware(filters.created_before)))
-    if exclude is not None:
-        parts.append(Filter.by_id().not_equal(exclude))
+    for ticket_id in [exclude] if isinstance(exclude, uuid.UUID) else exclude or []:
+        parts.append(Filter.by_id().not_equal(ticket_id))
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else Filter.all_of(parts)

@@ -1,4 +1,4 @@
-"""The `ticket-rag` command: serve, setup, import, eval, eval-triage, eval-duplicates, reindex, compress."""
+"""The `ticket-rag` command: serve, setup, import, eval, eval-answers, eval-triage, eval-duplicates, reindex, compress."""
 
 from __future__ import annotations
 
@@ -156,6 +156,28 @@ def cmd_eval_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_eval_answers(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from server import create_app
+    from ticket_rag.tools.answer_eval import markdown_answer_report, run_answer_eval
+
+    report = run_answer_eval(
+        settings=settings,
+        app_factory=create_app,
+        output_dir=Path(args.output),
+        beir_dir=Path(args.beir) if args.beir else None,
+        tickets_csv=Path(args.tickets) if args.tickets else None,
+        limit=args.limit,
+        holdout_every=args.holdout_every,
+        distractors=args.distractors,
+        fit=args.fit_escalation,
+        evidence_model_out=Path(args.evidence_model_out) if args.evidence_model_out else None,
+    )
+    print(markdown_answer_report(report))
+    return 0
+
+
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     """Recompute the keyword terms of stored tickets (after an upgrade, or after KEYWORD_STEMMER changed)."""
     from ticket_rag.errors import CollectionNotFound, StoreUnavailable
@@ -272,6 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     du.add_argument("--pairs-only", action="store_true", help="skip the ranking form (embeds the whole GitBugs corpus)")
     du.add_argument("--output", default=None, help="a folder for results.json and results.md")
     du.set_defaults(func=cmd_eval_duplicates)
+    ea = sub.add_parser("eval-answers", help="answer quality of the RAG chain as served (the configured LLM_PROVIDER)")
+    ea.add_argument("--beir", default=None, metavar="DIR", help="a BEIR folder: each judged query asked answerable and unanswerable")
+    ea.add_argument("--tickets", default=None, metavar="CSV", help="a ticket CSV (tobi_bueck columns): held-out tickets as questions")
+    ea.add_argument("--output", required=True, help="the folder for results.json and results.md")
+    ea.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N queries / held-out tickets of each")
+    ea.add_argument("--holdout-every", type=int, default=10, metavar="N", help="every Nth ticket is a question (10)")
+    ea.add_argument(
+        "--distractors", type=int, default=None, metavar="N",
+        help="ingest only the asked queries' judged documents and each one's N best BM25 matches (default: the whole corpus)",
+    )  # fmt: skip
+    ea.add_argument("--fit-escalation", action="store_true", help="fit the evidence score on the BEIR questions (2-fold CV)")
+    ea.add_argument("--evidence-model-out", default=None, metavar="JSON", help="where --fit-escalation writes the model")
+    ea.set_defaults(func=cmd_eval_answers)
     rx = sub.add_parser(
         "reindex", help="recompute stored tickets' keyword terms (stop an embedded-mode service first; vectors are kept)"
     )

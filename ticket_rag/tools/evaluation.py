@@ -33,7 +33,7 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -576,10 +576,12 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: Mapping[str, Any], output_dir: Path) -> tuple[Path, Path]:
-    """results.json and results.md in output_dir."""
+def write_report(
+    report: Mapping[str, Any], output_dir: Path, *, markdown: Callable[[Mapping[str, Any]], str] | None = None
+) -> tuple[Path, Path]:
+    """results.json and results.md (markdown_report, or the given renderer) in output_dir."""
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / "results.json", output_dir / "results.md"
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    md_path.write_text(markdown_report(report), encoding="utf-8")
+    md_path.write_text((markdown or markdown_report)(report), encoding="utf-8")
     return json_path, md_path
