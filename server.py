@@ -20,9 +20,9 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable
 
+from chains.evidence import evidence_options
 from chains.llm import build_llm, describe_llm
 from chains.prompts import load_prompts
-from chains.evidence import evidence_options
 from chains.rag import ChainOptions, build_rag_chain
 from chains.retrieval import TicketRetriever, build_vectorstore
 from ticket_rag.api import health
@@ -89,10 +89,12 @@ def create_app(
     register_error_handlers(app)
     _mount_rest_routes(app, production=production)
     retriever = TicketRetriever(
-        vectorstore=lambda: _services(app).vectorstore, k=settings.rag_k, alpha=settings.rag_alpha,
+        vectorstore=lambda: _services(app).vectorstore,
+        k=settings.rag_k,
+        alpha=settings.rag_alpha,
         analyzer=KeywordAnalyzer(settings.keyword_stemmer),
         keyword_properties=keyword_properties(settings.keyword_title_boost),
-    ).with_config(run_name="weaviate_retriever")  # fmt: skip
+    ).with_config(run_name="weaviate_retriever")
     chain, options = _build_chain(app, settings, retriever, llm)
     app.state.rag_chain = chain
     add_langserve_routes(app, settings=settings, chain=chain, retriever=retriever, options=options)
@@ -121,9 +123,11 @@ def _lifespan(settings: Settings, embeddings: Embeddings | None) -> Any:
             store = build_ticket_store(settings=settings, client=client, embeddings=instrumented)
             store.ensure_schema(default_collection=settings.default_collection)
             api_keys = ApiKeyStore(
-                client=client, class_name=f"{settings.weaviate_class}ApiKey",
-                cache_seconds=settings.api_key_cache_seconds, replication_factor=settings.weaviate_replication_factor,
-            )  # fmt: skip
+                client=client,
+                class_name=f"{settings.weaviate_class}ApiKey",
+                cache_seconds=settings.api_key_cache_seconds,
+                replication_factor=settings.weaviate_replication_factor,
+            )
             api_keys.ensure_schema()
             if supervisor is not None:
                 supervisor.probe = api_keys.ping
@@ -132,9 +136,11 @@ def _lifespan(settings: Settings, embeddings: Embeddings | None) -> Any:
                 api_keys=api_keys,
                 embeddings=instrumented,
                 vectorstore=build_vectorstore(
-                    client=client, class_name=settings.weaviate_class, embeddings=instrumented,
+                    client=client,
+                    class_name=settings.weaviate_class,
+                    embeddings=instrumented,
                     consistency=settings.weaviate_consistency,
-                ),  # fmt: skip
+                ),
                 weaviate_url=embedded.url if embedded is not None else settings.weaviate_url,
                 supervisor=supervisor,
                 triage=TriageService(store=store, settings=settings),
@@ -182,6 +188,8 @@ def _build_chain(
     app: FastAPI, settings: Settings, retriever: Runnable[Any, Any], llm: BaseChatModel | Literal["settings"] | None
 ) -> tuple[Runnable[Any, Any], ChainOptions]:
     """The RAG chain over the retriever and the LLM (LLM_PROVIDER's, unless the caller gave one or None)."""
+    model: str | None
+    provider: str | None
     if llm == "settings":
         llm, info = build_llm(settings), describe_llm(settings)
         model, provider, offline = (info.model, info.provider, info.offline_fallback) if info else (None, None, False)

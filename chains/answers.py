@@ -81,11 +81,15 @@ def escalation_answer(evidence: Evidence, sources: Sequence[dict[str, Any]]) -> 
         lines.append(f"Closest ticket: [{top['ref']}] {top['title']} (similarity {top['score']:.2f}).")
     if evidence.ranked:
         item = evidence.ranked[0]
-        lines.append(f"Closest sentence (holds {item.match:.0%} of the question's weighted words): {item.candidate.text}")
+        lines.append(
+            f"Closest sentence (holds {item.match:.0%} of the question's weighted words): {item.candidate.text}"
+        )
     return "\n".join(lines)
 
 
-def extractive_answer(evidence: Evidence, all_docs: Sequence[Document], kept: Sequence[Document], refs: Sequence[str]) -> str:
+def extractive_answer(
+    evidence: Evidence, all_docs: Sequence[Document], kept: Sequence[Document], refs: Sequence[str]
+) -> str:
     """The best sentences of the kept tickets, resolutions first, each with its ticket's reference."""
     index = {str(d.metadata["id"]): n for n, d in enumerate(kept)}
     ranked = []
@@ -95,7 +99,9 @@ def extractive_answer(evidence: Evidence, all_docs: Sequence[Document], kept: Se
             ranked.append(Ranked(_moved(item, new), item.match, item.score))
     chosen = select(ranked)
     if not chosen:
-        return "\n".join(["The relevant past tickets, with no sentence that answers directly:"] + [f"- [{r}]" for r in refs])
+        return "\n".join(
+            ["The relevant past tickets, with no sentence that answers directly:"] + [f"- [{r}]" for r in refs]
+        )
     return "\n".join(compose(chosen, refs))
 
 

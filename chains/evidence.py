@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from ticket_rag.settings import ConfigError, Settings
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import Settings
 
 FEATURES = (
     "top_cosine",

@@ -78,7 +78,9 @@ def candidates(docs: Sequence[Document], *, per_ticket: int = 8) -> list[Candida
     return found
 
 
-def rank(question: str, found: Sequence[Candidate], analyzer: KeywordAnalyzer, similarities: Sequence[float]) -> list[Ranked]:
+def rank(
+    question: str, found: Sequence[Candidate], analyzer: KeywordAnalyzer, similarities: Sequence[float]
+) -> list[Ranked]:
     """Candidates by score, best first; ties keep ticket order.
 
     match: the share of the question's stemmed words a sentence holds, each word weighted by its rarity
@@ -124,7 +126,10 @@ def select(ranked: Sequence[Ranked], *, max_sentences: int = 3, max_tickets: int
             tickets.append(item.candidate.ticket)
         chosen.append(item)
     # Resolutions first, then in ticket order, then in the ticket's own order: reads like the tickets do.
-    return sorted(chosen, key=lambda r: (r.candidate.kind != "resolution", tickets.index(r.candidate.ticket), r.candidate.position))
+    return sorted(
+        chosen,
+        key=lambda r: (r.candidate.kind != "resolution", tickets.index(r.candidate.ticket), r.candidate.position),
+    )
 
 
 def compose(chosen: Sequence[Ranked], refs: Sequence[str]) -> list[str]:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 _LONG_LOOP = re.compile(r"(.{8,300}?)\1{2,}", re.S)
 _SHORT_LOOP = re.compile(r"(\S.{1,6}?)\1{4,}", re.S)
 # What a sanitised link leaves when a model keeps going after it.
-_LEFTOVER = re.compile(r"\[link removed\][-\d/.]{2,}|(?:-\d{1,3}){3,}|\[(?:removed tag|link removed)\]\s*\[(?:removed tag|link removed)\]")
+_LEFTOVER = re.compile(
+    r"\[link removed\][-\d/.]{2,}|(?:-\d{1,3}){3,}|\[(?:removed tag|link removed)\]\s*\[(?:removed tag|link removed)\]"
+)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORDS = re.compile(r"\w+", re.U)
 # Long text that compresses this well repeats itself (ordinary prose stays above 0.35).

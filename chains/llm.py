@@ -46,11 +46,13 @@ def describe_llm(settings: Settings) -> LLMInfo | None:
 
 
 def build_llm(settings: Settings) -> BaseChatModel | None:
-    """The chat model chosen by LLM_PROVIDER, or None for `none` and the extractive answer; the local model may fetch its weights."""
+    """The chat model chosen by LLM_PROVIDER, or None for `none` and the extractive answer; the local model may fetch
+    its weights.
+    """
     info = describe_llm(settings)
     if info is None or info.provider == "extractive":
         return None
-    metadata = {"llm_provider": info.provider, "llm_offline_fallback": info.offline_fallback}
+    metadata: dict[str, object] = {"llm_provider": info.provider, "llm_offline_fallback": info.offline_fallback}
     if info.provider == "groq":
         return _build_groq(settings, metadata=metadata)
     return _build_local(settings, metadata=metadata)
@@ -58,10 +60,12 @@ def build_llm(settings: Settings) -> BaseChatModel | None:
 
 def _build_groq(settings: Settings, *, metadata: dict[str, object]) -> BaseChatModel:
     if settings.groq_api_key is None:
-        raise ConfigError("LLM_PROVIDER=groq needs GROQ_API_KEY (or set LLM_PROVIDER=auto to use the local model)")
+        raise ConfigError(
+            "LLM_PROVIDER=groq needs GROQ_API_KEY (or set LLM_PROVIDER=auto to answer extractively without it)"
+        )
     # ChatGroq's own retries: 408/409/429/5xx and timeouts, obeying Retry-After up to 60 s.
     return ChatGroq(
-        model=settings.groq_model,
+        model_name=settings.groq_model,
         api_key=settings.groq_api_key,
         base_url=settings.groq_base_url,
         temperature=settings.llm_temperature,

@@ -22,7 +22,9 @@ from ticket_rag.tickets.store import weaviate_errors, weaviate_filter
 RETURNED = ["title", "description", "status", "priority", "category", "resolution", "external_id", "created_at"]
 
 
-def build_vectorstore(*, client: Any, class_name: str, embeddings: Embeddings, consistency: str = "QUORUM") -> WeaviateVectorStore:
+def build_vectorstore(
+    *, client: Any, class_name: str, embeddings: Embeddings, consistency: str = "QUORUM"
+) -> WeaviateVectorStore:
     """langchain-weaviate's store over our existing ticket collection (its schema is ours, not its default).
 
     Its reads run at WEAVIATE_CONSISTENCY like the ticket store's: langchain-weaviate 0.0.8 has no

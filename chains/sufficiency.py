@@ -40,5 +40,6 @@ async def check_sufficiency(
     llm: BaseChatModel, prompt: ChatPromptTemplate, *, context: str, question: str, config: RunnableConfig
 ) -> Sufficiency | None:
     """Ask the model whether the context answers the question; None when it gives no usable verdict."""
-    reply = await llm.ainvoke(prompt.format_messages(context=context, question=question), config)
+    messages = prompt.format_messages(context=context, question=question)
+    reply = await llm.ainvoke(messages, {**config, "run_name": "sufficiency_check"})  # its own name in the trace
     return parse_sufficiency(str(reply.content))

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from langchain_core.embeddings import Embeddings
 
 from server import create_app
-from ticket_rag.runtime.artifacts import ensure_weaviate_binary
 from ticket_rag.embeddings.model import build_embeddings
-from ticket_rag.settings import Settings, load_settings
+from ticket_rag.runtime.artifacts import ensure_weaviate_binary
 from ticket_rag.runtime.weaviate import EmbeddedWeaviate, free_port
+from ticket_rag.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"

@@ -48,7 +48,7 @@ def test_the_cluster_profile_runs_three_replicating_weaviate_nodes_and_two_api_r
     assert len(nodes) == 3
     hostnames = sorted(spec["environment"]["CLUSTER_HOSTNAME"] for spec in nodes.values())
     assert hostnames == ["node1", "node2", "node3"]
-    for name, spec in nodes.items():
+    for spec in nodes.values():
         env = spec["environment"]
         assert spec["image"] == services["weaviate"]["image"]
         assert sorted(env["RAFT_JOIN"].split(",")) == hostnames and env["RAFT_BOOTSTRAP_EXPECT"] == "3"

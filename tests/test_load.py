@@ -25,10 +25,10 @@ import pytest
 from langchain_core.embeddings import Embeddings
 
 from server import create_app
-from tests.conftest import DATASETS, ROOT, LiveServer, _drop_class
+from tests.conftest import DATASETS, LiveServer, _drop_class
+from ticket_rag.settings import Settings
 from ticket_rag.tools.evaluation import source_commit
 from ticket_rag.tools.importer import PRESETS, map_row, read_rows
-from ticket_rag.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,9 @@ class Sample:
 @pytest.fixture()
 def server(settings: Settings, embeddings: Embeddings) -> Iterator[LiveServer]:
     # One address for every client: the per-caller rate limit would throttle the whole run.
-    with LiveServer(create_app(settings.model_copy(update={"rate_limit_per_minute": 0}), embeddings=embeddings)) as live:
+    with LiveServer(
+        create_app(settings.model_copy(update={"rate_limit_per_minute": 0}), embeddings=embeddings)
+    ) as live:
         yield live
     _drop_class(settings)
 
@@ -87,7 +89,11 @@ async def _load(url: str, seconds: float, queries: list[str], new: list[dict[str
             while time.monotonic() < deadline and len(samples) < MAX_REQUESTS:
                 if rng.random() < CREATE_SHARE:
                     ticket = new[len(samples) % len(new)]
-                    operation, path, body = "create", "/tickets/", {**ticket, "external_id": f"load-{seed}-{len(samples)}"}
+                    operation, path, body = (
+                        "create",
+                        "/tickets/",
+                        {**ticket, "external_id": f"load-{seed}-{len(samples)}"},
+                    )
                 else:
                     operation, path, body = "search", "/tickets/search", {"query": rng.choice(queries), "limit": 10}
                 sent = time.perf_counter()
@@ -135,11 +141,17 @@ def _write_report(
         )
     commit = source_commit() or "?"
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
     )
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     mib, (rss_before, rss_after) = 2**20, rss
+    system = f"{platform.system()} {platform.release()}"
+    per_request_kb = MEMORY_BOUND / max(len(samples), 1) / 1024
     report.write_text(
         f"""# Load test
 
@@ -159,7 +171,7 @@ before it writes, while concurrent searches share forward passes and repeated on
 | --- | --- |
 | date | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC |
 | commit | {commit} |
-| machine | {cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM; {platform.system()} {platform.release()}; Python {platform.python_version()} |
+| machine | {cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM; {system}; Python {platform.python_version()} |
 | load average at the start | {load_before:.1f} on {os.cpu_count()} cores (other jobs on the machine raise it) |
 
 | operation | requests | per second | p50 (ms) | p99 (ms) | max (ms) | not 2xx |
@@ -168,6 +180,7 @@ before it writes, while concurrent searches share forward passes and repeated on
 
 Memory (RSS of the process, warm, after a garbage collection): {rss_before / mib:.0f} MiB before the run,
 {rss_after / mib:.0f} MiB after ({(rss_after - rss_before) / mib:+.0f} MiB over {len(samples)} requests).
-The test allows less than {MEMORY_BOUND / mib:.0f} MiB: at this rate, a leak of {MEMORY_BOUND / max(len(samples), 1) / 1024:.0f} KB or more per request fails it.
+The test allows less than {MEMORY_BOUND / mib:.0f} MiB: at this rate, a leak of {per_request_kb:.0f} KB or more
+per request fails it.
 """
     )

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, make_settings
+from ticket_rag.errors import ConfigError
 from ticket_rag.runtime.artifacts import (
     ensure_weaviate_binary,
     managed_model_dir,
     resolve_model,
     verify_sha256,
 )
-from ticket_rag.errors import ConfigError
-from ticket_rag.settings import DEFAULT_MODEL_SHA256
 from ticket_rag.runtime.weaviate import free_port
+from ticket_rag.settings import DEFAULT_MODEL_SHA256
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,6 @@ def test_serve_refuses_a_taken_port(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"port {taken} on 127.0.0.1 is taken" in result.stderr
     assert "Traceback" not in result.stderr
-
 
 
 def test_env_example_documents_every_setting() -> None:

@@ -1,4 +1,6 @@
-"""Domain errors: what stores, chains and the start-up raise. They know nothing of HTTP (see ticket_rag/api/http_errors.py)."""
+"""Domain errors: what stores, chains and the start-up raise. They know nothing of HTTP (see
+ticket_rag/api/http_errors.py).
+"""
 
 from __future__ import annotations
 

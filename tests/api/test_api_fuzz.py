@@ -30,8 +30,8 @@ from schemathesis.specs.openapi.checks import (
 
 from server import create_app
 from tests.conftest import LiveServer, _drop_class, make_settings
-from ticket_rag.tickets.store import ticket_uuid
 from ticket_rag.runtime.weaviate import EmbeddedWeaviate
+from ticket_rag.tickets.store import ticket_uuid
 
 EXAMPLES = 15  # per operation; about three minutes for all 33 operations on two cores
 SEED = {"title": "Password reset link expired", "description": "The reset link says it expired.", "external_id": "seed"}
@@ -68,7 +68,9 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any] | None
 
 
 @pytest.fixture(scope="module")
-def service(weaviate_server: EmbeddedWeaviate, embeddings: Embeddings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def service(
+    weaviate_server: EmbeddedWeaviate, embeddings: Embeddings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     """The app under uvicorn, with its own Weaviate collection for the whole module."""
     settings = make_settings(
         weaviate_url=weaviate_server.url,
@@ -95,9 +97,12 @@ def test_the_served_document_is_the_one_fuzzed(service: LiveServer) -> None:
 
 @schema.parametrize()
 @settings(
-    max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
     suppress_health_check=list(HealthCheck),
-)  # fmt: skip
+)
 def test_api_never_fails_and_answers_as_documented(case: schemathesis.Case, seeded: LiveServer) -> None:
     stream = case.operation.path in STREAMS
     response = case.call(base_url=seeded.url, timeout=60)
@@ -124,9 +129,21 @@ def _json(body: str) -> dict[str, Any]:
         # LangServe bodies it lets through into a 500.
         ("POST", "/rag/invoke", {"json": {"input": {"question": "x"}, "config": None}}, 422, ["body", "config"]),
         ("POST", "/rag/batch", {"json": {"inputs": None}}, 422, ["body", "inputs"]),
-        ("POST", "/rag/batch", {"json": {"inputs": [{"question": "ok"}, {"question": ""}]}}, 422, ["body", "inputs", 1, "question"]),
+        (
+            "POST",
+            "/rag/batch",
+            {"json": {"inputs": [{"question": "ok"}, {"question": ""}]}},
+            422,
+            ["body", "inputs", 1, "question"],
+        ),
         ("POST", "/retriever/batch", {"json": {"inputs": [{"query": "x", "k": 0}]}}, 422, ["body", "inputs", 0, "k"]),
-        ("POST", "/rag/batch", {"content": b"\xff\xfe", "headers": {"Content-Type": "application/json"}}, 422, ["body"]),
+        (
+            "POST",
+            "/rag/batch",
+            {"content": b"\xff\xfe", "headers": {"Content-Type": "application/json"}},
+            422,
+            ["body"],
+        ),
         ("POST", "/rag/invoke", _json("{"), 422, ["body"]),
         # 422s whose detail was a string, not the documented list.
         ("POST", "/rag/batch", {"json": {"inputs": [{"question": "x"}] * 2, "config": []}}, 422, ["body"]),

@@ -42,7 +42,9 @@ def test_ready_names_weaviate_when_it_is_down_and_recovers(
             assert down.json()["weaviate"] == "unreachable"
             assert down.json()["embeddings"] == "ok"
             assert client.get("/health").status_code == 200
-            restart = threading.Thread(target=server.start)  # a restart from a short-lived thread, as a supervisor would
+            restart = threading.Thread(
+                target=server.start
+            )  # a restart from a short-lived thread, as a supervisor would
             restart.start()
             restart.join()
             time.sleep(2)  # a child tied to the thread that forked it has been sent SIGTERM by now

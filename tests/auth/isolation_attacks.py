@@ -98,7 +98,10 @@ def operations(app: FastAPI) -> list[Operation]:
             if (method, template) not in found:
                 names = re.findall(r"\{(\w+)[^}]*\}", path)
                 found[(method, template)] = Operation(
-                    method=method, path=template, path_params=tuple(Param(n, {"type": "string"}) for n in names), documented=False
+                    method=method,
+                    path=template,
+                    path_params=tuple(Param(n, {"type": "string"}) for n in names),
+                    documented=False,
                 )
     return sorted(found.values(), key=lambda o: (o.path, o.method))
 
@@ -149,7 +152,9 @@ def resolve(schema: Any, spec: dict[str, Any], depth: int = 0) -> Any:
 
 
 def is_collection_slot(name: str | None, schema: dict[str, Any]) -> bool:
-    """A field that names a collection: called `collection`, or a string (or list of them) with the collection pattern."""
+    """A field that names a collection: called `collection`, or a string (or list of them) with the
+    collection pattern.
+    """
     if name == "collection":
         return True
     for option in [schema, *schema.get("anyOf", []), *schema.get("oneOf", [])]:
@@ -211,7 +216,10 @@ def example(schema: dict[str, Any], collection: str, *, name: str | None = None,
 
 
 def _bounded(schema: dict[str, Any], value: float) -> Any:
-    low, high = schema.get("minimum", schema.get("exclusiveMinimum")), schema.get("maximum", schema.get("exclusiveMaximum"))
+    low, high = (
+        schema.get("minimum", schema.get("exclusiveMinimum")),
+        schema.get("maximum", schema.get("exclusiveMaximum")),
+    )
     if low is not None and value < low:
         value = low + (1 if "exclusiveMinimum" in schema and "minimum" not in schema else 0)
     if high is not None and value > high:
@@ -229,9 +237,16 @@ def _has_collection_slot(schema: dict[str, Any], depth: int = 0) -> bool:
         return False
     for option in [schema, *schema.get("anyOf", []), *schema.get("oneOf", [])]:
         if _is_object(option):
-            if any(is_collection_slot(p, s) or _has_collection_slot(s, depth + 1) for p, s in option.get("properties", {}).items()):
+            if any(
+                is_collection_slot(p, s) or _has_collection_slot(s, depth + 1)
+                for p, s in option.get("properties", {}).items()
+            ):
                 return True
-        if isinstance(option.get("items"), dict) and _is_object(option["items"]) and _has_collection_slot(option["items"], depth + 1):
+        if (
+            isinstance(option.get("items"), dict)
+            and _is_object(option["items"])
+            and _has_collection_slot(option["items"], depth + 1)
+        ):
             return True
     return False
 
@@ -261,7 +276,9 @@ def set_path(value: Any, path: tuple[Any, ...], new: Any, *, fill_from: Any = No
         source = source[part] if source is not None else None
         missing = (isinstance(node, dict) and part not in node) or (isinstance(node, list) and len(node) <= part)
         if missing:
-            filler = copy.deepcopy(source) if source is not None else ({} if isinstance(path[index + 1], str) else [None])
+            filler = (
+                copy.deepcopy(source) if source is not None else ({} if isinstance(path[index + 1], str) else [None])
+            )
             if isinstance(node, list):
                 node.append(filler)
             else:
@@ -280,7 +297,13 @@ def differing_paths(left: Any, right: Any, prefix: tuple[Any, ...] = ()) -> Iter
         for key in left:
             if key in right:
                 yield from differing_paths(left[key], right[key], (*prefix, key))
-    elif isinstance(left, list) and isinstance(right, list) and left and right and not all(isinstance(v, str) for v in left):
+    elif (
+        isinstance(left, list)
+        and isinstance(right, list)
+        and left
+        and right
+        and not all(isinstance(v, str) for v in left)
+    ):
         yield from differing_paths(left[0], right[0], (*prefix, 0))
     elif left != right:
         yield prefix
@@ -295,14 +318,18 @@ def attacks(op: Operation, targets: Targets) -> list[Attack]:
     found: list[Attack] = []
     seen: set[tuple[Any, ...]] = set()
 
-    def add(shape: str, url: str, params: Sequence[tuple[str, str]] = (), body: Any = None, raw: bytes | None = None) -> None:
+    def add(
+        shape: str, url: str, params: Sequence[tuple[str, str]] = (), body: Any = None, raw: bytes | None = None
+    ) -> None:
         content = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         headers = (("Content-Type", "application/json"),) if content is not None else ()
         key = (url, tuple(params), content)
         if key not in seen:
             seen.add(key)
             taken = sum(1 for f in found if f.shape == shape or f.shape.startswith(shape + " #"))
-            found.append(Attack(shape + (f" #{taken + 1}" if taken else ""), op.method, url, tuple(params), content, headers))
+            found.append(
+                Attack(shape + (f" #{taken + 1}" if taken else ""), op.method, url, tuple(params), content, headers)
+            )
 
     urls = list(_path_variants(op, targets))
     url = urls[0][1]
@@ -316,7 +343,12 @@ def attacks(op: Operation, targets: Targets) -> list[Attack]:
             add(f"{path_shape} {query_shape}".strip(), path_url, params, body_b)
     if op.body is None:
         if op.method != "GET":
-            add("undocumented body naming b", url, (), {"collection": b, "input": {"question": QUESTION, "collection": b}})
+            add(
+                "undocumented body naming b",
+                url,
+                (),
+                {"collection": b, "input": {"question": QUESTION, "collection": b}},
+            )
         return found
 
     assert body_a is not None and body_b is not None
@@ -327,7 +359,11 @@ def attacks(op: Operation, targets: Targets) -> list[Attack]:
     extras: dict[str, list[Any]] = {
         "inputs": [[], [inner_b], [inner_a], [inner_a, inner_b], [inner_b, inner_a]],
         "input": [inner_b, inner_a],
-        "config": [{"configurable": {"collection": b}}, [{"configurable": {"collection": b}}], {"metadata": {"collection": b}}],
+        "config": [
+            {"configurable": {"collection": b}},
+            [{"configurable": {"collection": b}}],
+            {"metadata": {"collection": b}},
+        ],
         "kwargs": [{"collection": b}, {"input": inner_b}],
         "collection": [b],
         "Collection": [b],
@@ -344,17 +380,37 @@ def attacks(op: Operation, targets: Targets) -> list[Attack]:
     for path in differing_paths(body_a, body_b):
         slot = path[-1]
         if isinstance(slot, str):
-            add(f"body a + {slot!r} spelled {slot.capitalize()!r}", url, (), _sibling(body_a, path, slot.capitalize(), get_path(body_b, path)))
-            add(f"body a + {slot!r} spelled {slot.upper()!r}", url, (), _sibling(body_a, path, slot.upper(), get_path(body_b, path)))
+            add(
+                f"body a + {slot!r} spelled {slot.capitalize()!r}",
+                url,
+                (),
+                _sibling(body_a, path, slot.capitalize(), get_path(body_b, path)),
+            )
+            add(
+                f"body a + {slot!r} spelled {slot.upper()!r}",
+                url,
+                (),
+                _sibling(body_a, path, slot.upper(), get_path(body_b, path)),
+            )
             for order in ("a then b", "b then a", "a then escaped b"):
                 add(f"duplicate key {slot!r} ({order})", url, (), raw=_duplicate(body_a, body_b, path, order))
         else:  # a list item: the a list with b added, and b alone
-            add(f"list at {_dotted(path[:-1])} mixing a and b", url, (), set_path(body_a, path[:-1], [get_path(body_a, path), get_path(body_b, path)]))
+            add(
+                f"list at {_dotted(path[:-1])} mixing a and b",
+                url,
+                (),
+                set_path(body_a, path[:-1], [get_path(body_a, path), get_path(body_b, path)]),
+            )
     for enum_path, last in _last_enums(op.body, body_b):  # the highest role, say, for b or for every collection
         add(f"body b with {_dotted(enum_path)} at its highest value", url, (), set_path(body_b, enum_path, last))
         for value in extras["collections"]:
             mutated = set_path({**body_a, "collections": value}, enum_path, last)
-            add(f"body a + collections={json.dumps(value)} with {_dotted(enum_path)} at its highest value", url, (), mutated)
+            add(
+                f"body a + collections={json.dumps(value)} with {_dotted(enum_path)} at its highest value",
+                url,
+                (),
+                mutated,
+            )
     return found
 
 
@@ -488,7 +544,9 @@ def hostile_bodies(op: Operation, collection: str) -> dict[str, list[tuple[str, 
         for literal in ("NaN", "Infinity", "1e400"):
             cases["non-finite numbers"].append((f"{literal} at {_dotted(path)}", at(path, literal)))
         cases["huge integers"].append((f"a 5000-digit integer at {_dotted(path)}", at(path, BIG_INT)))
-    cases["non-finite numbers"] += [(f"{literal} as the body", literal.encode()) for literal in ("NaN", "-Infinity", "1e400")]
+    cases["non-finite numbers"] += [
+        (f"{literal} as the body", literal.encode()) for literal in ("NaN", "-Infinity", "1e400")
+    ]
     cases["huge integers"].append(("a 5000-digit integer as the body", BIG_INT.encode()))
 
     for path in paths_of(full):
@@ -496,18 +554,28 @@ def hostile_bodies(op: Operation, collection: str) -> dict[str, list[tuple[str, 
     cases["deep nesting"] += [
         (f"the body: lists nested {DEPTH} deep", nested_list().encode()),
         (f"the body: objects nested {DEPTH} deep", nested_object().encode()),
-        (f"objects nested {DEPTH} deep in an unknown field of the body", _with_extra(minimal, "zz_extra", nested_object())),
+        (
+            f"objects nested {DEPTH} deep in an unknown field of the body",
+            _with_extra(minimal, "zz_extra", nested_object()),
+        ),
     ]
     for path in objects:
         body = set_path(minimal, path, get_path(full, path), fill_from=full)
-        cases["deep nesting"].append((f"objects nested {DEPTH} deep in an unknown field of {_dotted(path)}", _with_extra(body, "zz_extra", nested_object(), path)))
+        cases["deep nesting"].append(
+            (
+                f"objects nested {DEPTH} deep in an unknown field of {_dotted(path)}",
+                _with_extra(body, "zz_extra", nested_object(), path),
+            )
+        )
 
     valid = _with_text(minimal, full)  # a body with no field at all (an update) has no key to write twice
     for path in paths_of(valid):
         if isinstance(path[-1], str):
             key, value = json.dumps(path[-1]), json.dumps(get_path(valid, path))
             token = f"__dup_{uuid.uuid4().hex}__"
-            text = json.dumps(set_path(valid, path, token)).replace(f'{key}: "{token}"', f"{key}: {value}, {key}: {value}")
+            text = json.dumps(set_path(valid, path, token)).replace(
+                f'{key}: "{token}"', f"{key}: {value}, {key}: {value}"
+            )
             cases["duplicate keys"].append((f"duplicate key {_dotted(path)}", text.encode()))
 
     text = json.dumps(valid)
@@ -538,4 +606,3 @@ def _with_extra(body: Any, key: str, raw_value: str, path: tuple[Any, ...] = ())
         return json.dumps(body).encode()
     marked = set_path(body, (*path, key), token) if path else {**body, key: token}
     return json.dumps(marked).replace(f'"{token}"', raw_value).encode()
-

@@ -21,6 +21,7 @@ Run: .venv/bin/python -m pytest tests/auth/test_isolation.py (about two and a ha
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,8 +36,17 @@ from pydantic import SecretStr
 from weaviate.classes.query import Filter
 
 from server import create_app
+from tests.auth.isolation_attacks import (
+    HOSTILE_KINDS,
+    Attack,
+    Operation,
+    Targets,
+    attacks,
+    example,
+    hostile_bodies,
+    operations,
+)
 from tests.conftest import _drop_class, make_settings
-from tests.auth.isolation_attacks import HOSTILE_KINDS, Attack, Operation, Targets, attacks, example, hostile_bodies, operations
 from ticket_rag.runtime.weaviate import EmbeddedWeaviate
 
 ADMIN = "admin-key-0123456789abcdefghijkl"
@@ -107,7 +117,11 @@ class Guard:
         return {c["name"] for c in self._get("/collections").json()["data"]}
 
     def snapshot(self) -> None:
-        self.keys, self.tickets, self.collections = self._current_keys(), self._current_tickets(), self._current_collections()
+        self.keys, self.tickets, self.collections = (
+            self._current_keys(),
+            self._current_tickets(),
+            self._current_collections(),
+        )
 
     def check(self, role: str) -> list[str]:
         problems: list[str] = []
@@ -120,7 +134,12 @@ class Guard:
             if before is None and not key["revoked"] and not set(key["collections"]) <= {"a"}:
                 problems.append(f"a key for {key['collections']} with role {key['role']} was created")
                 self.client.delete(f"/admin/keys/{key_id}", headers=admin)
-            if before is not None and key["revoked"] and not before["revoked"] and not set(before["collections"]) <= {"a"}:
+            if (
+                before is not None
+                and key["revoked"]
+                and not before["revoked"]
+                and not set(before["collections"]) <= {"a"}
+            ):
                 problems.append(f"key {key_id} ({before['name']}, for {before['collections']}) was revoked")
                 self._unrevoke(key_id)
         collections = self._current_collections()
@@ -134,7 +153,9 @@ class Guard:
         for ticket_id, before in self.tickets.items():
             now = tickets.get(ticket_id)
             if now != before:
-                changed = "deleted" if now is None else "changed: " + ", ".join(k for k in before if before[k] != now.get(k))
+                changed = (
+                    "deleted" if now is None else "changed: " + ", ".join(k for k in before if before[k] != now.get(k))
+                )
                 problems.append(f"b's ticket {ticket_id} was {changed}")
                 self.client.post("/tickets/", json=self.b_bodies[ticket_id], headers=admin)
         for ticket_id in sorted(set(tickets) - set(self.tickets)):
@@ -166,7 +187,10 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(
-    request: pytest.FixtureRequest, weaviate_server: EmbeddedWeaviate, embeddings: Embeddings, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    weaviate_server: EmbeddedWeaviate,
+    embeddings: Embeddings,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[World]:
     """One app per LLM mode with collections a and b, their tickets, and keys scoped to each."""
     mode: str = request.param
@@ -192,29 +216,42 @@ def world(
             assert response.status_code == 200, response.text
             stored[name] = [item["id"] for item in response.json()["items"]]
             bodies.update(zip(stored[name], tickets, strict=True))
-        hostile = client.post("/tickets/", json={"title": "Hostile JSON target", "description": "x", "collection": "a"}, headers=admin)
+        hostile = client.post(
+            "/tickets/", json={"title": "Hostile JSON target", "description": "x", "collection": "a"}, headers=admin
+        )
         keys = {role: _key(client, role=level, collections=["a"], name=f"a-{role}") for role, level in ROLES.items()}
-        foreign = [_key(client, role=level, collections=["b"], name=f"b-{role} {B_MARKER}") for role, level in ROLES.items()]
-        foreign += [_key(client, role=1, collections=["*"], name="everything"), _key(client, role=1, collections=["a", "b"], name="a-and-b")]
+        foreign = [
+            _key(client, role=level, collections=["b"], name=f"b-{role} {B_MARKER}") for role, level in ROLES.items()
+        ]
+        foreign += [
+            _key(client, role=1, collections=["*"], name="everything"),
+            _key(client, role=1, collections=["a", "b"], name="a-and-b"),
+        ]
         targets = Targets(
             b_ticket_ids=stored["b"][:2],
             foreign_key_ids=[key.split("_")[1] for key in foreign],
             extra_path_values=["", "index.html"],
         )
         guard = Guard(client=client, b_bodies={i: bodies[i] for i in stored["b"]})
-        yield World(mode=mode, client=client, keys=keys, targets=targets, guard=guard, hostile_ticket=hostile.json()["id"])
+        yield World(
+            mode=mode, client=client, keys=keys, targets=targets, guard=guard, hostile_ticket=hostile.json()["id"]
+        )
     _drop_class(settings)
 
 
 def _key(client: TestClient, *, role: int, collections: list[str], name: str) -> str:
-    response = client.post("/admin/keys", json={"name": name, "role": role, "collections": collections}, headers={"X-API-Key": ADMIN})
+    response = client.post(
+        "/admin/keys", json={"name": name, "role": role, "collections": collections}, headers={"X-API-Key": ADMIN}
+    )
     assert response.status_code == 201, response.text
     return str(response.json()["api_key"])
 
 
 def _send(client: TestClient, attack: Attack, key: str) -> httpx.Response:
     headers = {**dict(attack.headers), "X-API-Key": key}
-    return client.request(attack.method, attack.url, params=list(attack.params), content=attack.content, headers=headers)
+    return client.request(
+        attack.method, attack.url, params=list(attack.params), content=attack.content, headers=headers
+    )
 
 
 def _described(attack: Attack) -> str:
@@ -231,12 +268,18 @@ def _problems(response: httpx.Response) -> list[str]:
         problems.append(f"status {response.status_code}: {text[:200]}")
     if B_MARKER in text or B_MARKER in str(response.headers):
         at = text.find(B_MARKER)
-        problems.append(f"b's marker in the response (status {response.status_code}): ...{text[max(0, at - 150):at + 60]}...")
+        problems.append(
+            f"b's marker in the response (status {response.status_code}): ...{text[max(0, at - 150) : at + 60]}..."
+        )
     for event, data in _sse_events(response):
         if event == "error" and isinstance(data, dict) and int(data.get("status_code") or 500) >= 500:
             problems.append(f"a 5xx error event in the stream: {data}")
     if 200 <= response.status_code < 300 and "json" in response.headers.get("content-type", ""):
-        beyond = [f"{k['key_id']} for {k['collections']}" for k in _api_keys_in(response.json()) if not set(k["collections"]) <= {"a"}]
+        beyond = [
+            f"{k['key_id']} for {k['collections']}"
+            for k in _api_keys_in(response.json())
+            if not set(k["collections"]) <= {"a"}
+        ]
         if beyond:
             problems.append(f"{len(beyond)} keys reaching beyond a in the response: {', '.join(beyond)}")
     return problems
@@ -276,7 +319,9 @@ def test_the_attacked_operations_are_the_served_ones() -> None:
     served = operations(create_app(make_settings(**_secured()), llm=FakeListChatModel(responses=["x"])))
     assert [str(op) for op in served] == [str(op) for op in OPERATIONS]
     assert len([op for op in OPERATIONS if op.documented]) >= 29  # the document's operations, LangServe's included
-    assert {"POST /rag/invoke", "POST /rag/stream_events", "POST /retriever/batch", "GET /metrics"} <= {str(op) for op in OPERATIONS}
+    assert {"POST /rag/invoke", "POST /rag/stream_events", "POST /retriever/batch", "GET /metrics"} <= {
+        str(op) for op in OPERATIONS
+    }
 
 
 @pytest.mark.parametrize("world", LLM_MODES, indirect=True)
@@ -296,7 +341,9 @@ def test_no_request_shape_reaches_b(world: World, operation: Operation) -> None:
             if attack.method != "GET" and role != "read":  # after each attempt that a role could make change something
                 found += [f"afterwards: {p}" for p in world.guard.check(role)]
             problems += [f"[{role} key, {attack.shape}] {p}\n    request: {_described(attack)}" for p in found]
-        if operation.method != "GET" and role == "read":  # a read key changes nothing: checked once for all its attempts
+        if (
+            operation.method != "GET" and role == "read"
+        ):  # a read key changes nothing: checked once for all its attempts
             problems += [f"[read key, one of the shapes above] afterwards: {p}" for p in world.guard.check(role)]
     assert not problems, f"{len(problems)} problems on {operation}:\n" + "\n".join(problems)
 
@@ -315,7 +362,9 @@ def test_every_operation_was_attacked_with_every_key(
     if not selected:
         pytest.skip("no operation of the isolation suite was selected")
     attacked = ATTACKED[world.mode]
-    missing = sorted({(str(op), role) for op in selected for role in world.keys} - {(op, role) for op, _, role in attacked})
+    missing = sorted(
+        {(str(op), role) for op in selected for role in world.keys} - {(op, role) for op, _, role in attacked}
+    )
     assert not missing, f"never attacked: {missing}"
     assert len(attacked) >= len(selected) * len(world.keys)
     # a's own data came back from every LangServe endpoint: the attacks reached real retrieval
@@ -327,7 +376,7 @@ def test_every_operation_was_attacked_with_every_key(
         f"over {len(selected)} operations x {len(world.keys)} keys"
     )
     with capsys.disabled():
-        print(f"\n{line}")
+        sys.stderr.write(f"\n{line}\n")
 
 
 @pytest.mark.parametrize("world", LLM_MODES[:1], indirect=True)
@@ -335,17 +384,23 @@ def test_every_operation_was_attacked_with_every_key(
 @pytest.mark.parametrize("operation", HOSTILE_OPERATIONS, ids=str)
 def test_hostile_json_gets_a_4xx_with_detail(world: World, operation: Operation, kind: str) -> None:
     """Deep nesting, NaN and infinities, huge numbers, duplicate keys, other encodings: a 4xx naming the problem."""
-    values = {p.name: (world.hostile_ticket if p.schema.get("format") == "uuid" else "a") for p in operation.path_params}
+    values = {
+        p.name: (world.hostile_ticket if p.schema.get("format") == "uuid" else "a") for p in operation.path_params
+    }
     url = operation.path.format(**values)
     params = [("collection", "a")] if any(p.name == "collection" for p in operation.query_params) else []
     headers = {"Content-Type": "application/json", "X-API-Key": ADMIN}
     # The bodies are built around a valid one, so that a 4xx answers the hostile part: a create that conflicts
     # with `a` (a collection named a) gets a fresh name instead.
     collection = "a"
-    control = world.client.request(operation.method, url, params=params, json=example(operation.body, collection), headers=headers)
+    control = world.client.request(
+        operation.method, url, params=params, json=example(operation.body, collection), headers=headers
+    )
     if control.status_code == 409:
         collection = f"h{uuid.uuid4().hex[:12]}"
-        control = world.client.request(operation.method, url, params=params, json=example(operation.body, collection), headers=headers)
+        control = world.client.request(
+            operation.method, url, params=params, json=example(operation.body, collection), headers=headers
+        )
     assert 200 <= control.status_code < 300, control.text
     cases = hostile_bodies(operation, collection)[kind]
     assert cases

@@ -16,7 +16,11 @@ from ticket_rag.errors import ConfigError
 from ticket_rag.settings import Settings
 
 ADMIN = "admin-key-0123456789abcdefghijkl"
-TICKET = {"title": "Password reset link expired", "description": "The reset link says it has expired.", "status": "resolved"}
+TICKET = {
+    "title": "Password reset link expired",
+    "description": "The reset link says it has expired.",
+    "status": "resolved",
+}
 
 
 @pytest.fixture()
@@ -36,9 +40,17 @@ def _key(client: TestClient, role: int, *collections: str) -> str:
 
 
 def test_no_key_no_access(secured: TestClient) -> None:
-    for method, path in [("GET", "/tickets/"), ("POST", "/tickets/search"), ("GET", "/collections"),
-                         ("POST", "/rag/invoke"), ("GET", "/rag/input_schema"), ("GET", "/rag/playground/"),
-                         ("POST", "/retriever/invoke"), ("GET", "/metrics"), ("GET", "/admin/keys")]:  # fmt: skip
+    for method, path in [
+        ("GET", "/tickets/"),
+        ("POST", "/tickets/search"),
+        ("GET", "/collections"),
+        ("POST", "/rag/invoke"),
+        ("GET", "/rag/input_schema"),
+        ("GET", "/rag/playground/"),
+        ("POST", "/retriever/invoke"),
+        ("GET", "/metrics"),
+        ("GET", "/admin/keys"),
+    ]:
         response = secured.request(method, path, json={"query": "x", "input": {"question": "x"}})
         assert response.status_code == 401, (method, path, response.status_code)
         assert response.headers["www-authenticate"].startswith("Bearer")
@@ -56,23 +68,45 @@ def test_keys_are_scoped_to_collections(secured: TestClient) -> None:
     assert acme_ticket.status_code == 201
 
     # globex does not exist for an acme key, wherever it asks
-    assert secured.get(f"/tickets/{globex_ticket['id']}", params={"collection": "globex"}, headers=acme_writer).status_code == 404
-    assert secured.post("/tickets/search", json={"query": "password", "collection": "globex"}, headers=acme_writer).status_code == 404
-    assert secured.get(f"/tickets/{globex_ticket['id']}/similar", params={"collection": "globex"}, headers=acme_writer).status_code == 404
+    assert (
+        secured.get(f"/tickets/{globex_ticket['id']}", params={"collection": "globex"}, headers=acme_writer).status_code
+        == 404
+    )
+    assert (
+        secured.post(
+            "/tickets/search", json={"query": "password", "collection": "globex"}, headers=acme_writer
+        ).status_code
+        == 404
+    )
+    assert (
+        secured.get(
+            f"/tickets/{globex_ticket['id']}/similar", params={"collection": "globex"}, headers=acme_writer
+        ).status_code
+        == 404
+    )
     assert secured.get("/collections/globex", headers=acme_writer).status_code == 404
     assert [c["name"] for c in secured.get("/collections", headers=acme_writer).json()["data"]] == ["acme"]
-    rag = secured.post("/rag/invoke", json={"input": {"question": "reset password", "collection": "globex"}}, headers=acme_writer)
+    rag = secured.post(
+        "/rag/invoke", json={"input": {"question": "reset password", "collection": "globex"}}, headers=acme_writer
+    )
     assert rag.status_code == 404
     batch = {"inputs": [{"question": "a", "collection": "acme"}, {"question": "b", "collection": "globex"}]}
     assert secured.post("/rag/batch", json=batch, headers=acme_writer).status_code == 404
     stream = secured.post("/rag/stream", json={"input": {"question": "x", "collection": "globex"}}, headers=acme_writer)
     assert stream.status_code == 404
-    assert secured.post("/retriever/invoke", json={"input": {"query": "x", "collection": "globex"}}, headers=acme_writer).status_code == 404
+    assert (
+        secured.post(
+            "/retriever/invoke", json={"input": {"query": "x", "collection": "globex"}}, headers=acme_writer
+        ).status_code
+        == 404
+    )
     # the default collection is outside its scope too
     assert secured.post("/tickets/search", json={"query": "password"}, headers=acme_writer).status_code == 404
 
     # inside its scope everything works, and sources come from acme only
-    ok = secured.post("/rag/invoke", json={"input": {"question": "reset password", "collection": "acme"}}, headers=acme_writer)
+    ok = secured.post(
+        "/rag/invoke", json={"input": {"question": "reset password", "collection": "acme"}}, headers=acme_writer
+    )
     assert ok.status_code == 200
     assert [s["id"] for s in ok.json()["output"]["sources"]] == [acme_ticket.json()["id"]]
 
@@ -124,7 +158,9 @@ def test_rate_limit_gives_429_with_retry_after(settings: Settings, embeddings: E
 def test_oversized_body_is_413_before_parsing(settings: Settings, embeddings: Embeddings) -> None:
     settings = settings.model_copy(update={"max_body_bytes": 10_000})
     with TestClient(create_app(settings, embeddings=embeddings)) as client:
-        response = client.post("/tickets/", content=b'{"title": "' + b"x" * 20_000 + b'"}', headers={"Content-Type": "application/json"})
+        response = client.post(
+            "/tickets/", content=b'{"title": "' + b"x" * 20_000 + b'"}', headers={"Content-Type": "application/json"}
+        )
         assert response.status_code == 413
         assert client.get("/tickets/").json()["count"] == 0
 
@@ -176,7 +212,9 @@ def test_a_scoped_admin_acts_only_within_its_collections(secured: TestClient) ->
     everywhere = _key(secured, 1, "*")
 
     for collections in (["*"], ["globex"], ["acme", "globex"]):
-        refused = secured.post("/admin/keys", json={"name": "x", "role": 1, "collections": collections}, headers=acme_admin)
+        refused = secured.post(
+            "/admin/keys", json={"name": "x", "role": 1, "collections": collections}, headers=acme_admin
+        )
         assert refused.status_code == 403, (collections, refused.text)
     granted = secured.post("/admin/keys", json={"name": "x", "role": 3, "collections": ["acme"]}, headers=acme_admin)
     assert granted.status_code == 201 and granted.json()["collections"] == ["acme"]

@@ -22,8 +22,8 @@ from chains.llm import (
 from tests.conftest import make_settings
 from tests.fakes.groq_server import CHAT_PATH, FakeGroq, Reply
 from ticket_rag.errors import ConfigError
-from ticket_rag.settings import Settings
 from ticket_rag.runtime.weaviate import free_port
+from ticket_rag.settings import Settings
 
 KEY = "gsk-test-not-a-real-key"
 QUESTION = [SystemMessage("You answer support questions."), HumanMessage("How do I reset my router?")]

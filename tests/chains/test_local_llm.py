@@ -170,14 +170,20 @@ def test_the_served_local_model_never_shows_a_degenerate_answer(settings: Settin
     from tests.chains.test_answers import INVOICE
     from tests.chains.test_rag_chain import PASSWORD, _invoke, _seed
 
-    settings = settings.model_copy(update={"llm_provider": "local", "llm_max_tokens": 96, "rag_escalation_threshold": 0.0})
+    settings = settings.model_copy(
+        update={"llm_provider": "local", "llm_max_tokens": 96, "rag_escalation_threshold": 0.0}
+    )
     with TestClient(create_app(settings, embeddings=embeddings)) as client:
         _seed(client, PASSWORD, INVOICE)
         outputs = [_invoke(client, question=q) for q in LOOPED]
+    answered = [o for o in outputs if not o["metadata"]["no_relevant_tickets"]]
+    # all-mpnet-base-v2 is an English model: the German question may match no ticket closely enough (then it escalates)
+    assert len(answered) >= 2, [o["metadata"]["answer_kind"] for o in outputs]
     for output in outputs:
+        assert degeneracy(output["answer"]) is None, output["answer"]
+    for output in answered:
         meta = output["metadata"]
         assert meta["provider"] == "local"
-        assert degeneracy(output["answer"]) is None, output["answer"]
         # either the model's own answer, or, when the guard tripped, the tickets' sentences in its place
         assert (meta["guard"] is None and meta["answer_kind"] == "generated") or (
             meta["answer_kind"] == "extractive" and output["answer"].startswith("From past tickets:")

@@ -124,7 +124,9 @@ def test_answer_cites_retrieved_tickets_and_returns_sources(rag: tuple[TestClien
     assert str(human.content).rstrip().endswith("Question: How do I reset my password?")
 
 
-def test_irrelevant_tickets_are_dropped_and_nothing_relevant_skips_the_llm(rag: tuple[TestClient, RecordingChatModel]) -> None:
+def test_irrelevant_tickets_are_dropped_and_nothing_relevant_skips_the_llm(
+    rag: tuple[TestClient, RecordingChatModel],
+) -> None:
     client, llm = rag
     _seed(client, VPN)
     output = _invoke(client, question="How do I reset my password?")
@@ -143,7 +145,9 @@ def test_filters_apply_inside_weaviate(rag: tuple[TestClient, RecordingChatModel
 
 
 def test_follow_up_questions_are_rewritten_before_retrieval(settings: Settings, embeddings: Embeddings) -> None:
-    llm = RecordingChatModel(responses=["How long is a VPN tunnel kept open?", "Raise the IKE lifetime [T1]."], prompts=[])
+    llm = RecordingChatModel(
+        responses=["How long is a VPN tunnel kept open?", "Raise the IKE lifetime [T1]."], prompts=[]
+    )
     with _app(settings, embeddings, llm) as client:
         _, vpn_id = _seed(client, PASSWORD, VPN)
         output = _invoke(
@@ -239,14 +243,18 @@ def test_generation_off_lists_tickets_with_resolutions(settings: Settings, embed
         ({"question": "x", "chat_history": [{"role": "system", "content": "hi"}]}, "role"),
     ],
 )
-def test_bad_input_is_422_naming_the_field(rag: tuple[TestClient, RecordingChatModel], inputs: dict[str, Any], field: str) -> None:
+def test_bad_input_is_422_naming_the_field(
+    rag: tuple[TestClient, RecordingChatModel], inputs: dict[str, Any], field: str
+) -> None:
     client, _ = rag
     response = client.post("/rag/invoke", json={"input": inputs})
     assert response.status_code == 422
     assert field in response.text
 
 
-def test_caps_on_k_history_batch_and_unknown_collection(rag: tuple[TestClient, RecordingChatModel], settings: Settings) -> None:
+def test_caps_on_k_history_batch_and_unknown_collection(
+    rag: tuple[TestClient, RecordingChatModel], settings: Settings
+) -> None:
     client, llm = rag
     too_many = client.post("/rag/invoke", json={"input": {"question": "x", "k": settings.rag_max_k + 1}})
     assert too_many.status_code == 422 and too_many.json()["detail"][0]["loc"] == ["body", "input", "k"]
@@ -296,7 +304,6 @@ def test_playground_and_schemas_are_served(rag: tuple[TestClient, RecordingChatM
     assert client.get("/rag/playground/").status_code == 200
     assert "question" in client.get("/rag/input_schema").text
     assert "sources" in client.get("/rag/output_schema").text
-
 
 
 def test_stream_log_and_events_show_only_sanitised_output(settings: Settings, embeddings: Embeddings) -> None:

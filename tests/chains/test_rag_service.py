@@ -56,7 +56,7 @@ def test_groq_answers_with_citations(groq_client: TestClient, fake_groq: FakeGro
     sent = fake_groq.requests[-1]
     assert sent.headers["authorization"] == f"Bearer {SECRET}"
     assert sent.body["messages"][0]["role"] == "system"
-    assert "<ticket ref=\"T1\"" in sent.body["messages"][1]["content"]
+    assert '<ticket ref="T1"' in sent.body["messages"][1]["content"]
     assert SECRET not in response.text
 
 

@@ -23,9 +23,9 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
+from tests.embeddings.test_redaction import EMAIL, PHONE
 from tests.fakes.groq_server import FakeGroq, Reply
 from tests.fakes.langsmith_collector import LangSmithCollector
-from tests.embeddings.test_redaction import EMAIL, PHONE
 from ticket_rag.runtime.weaviate import EmbeddedWeaviate, connect, free_port
 
 LANGSMITH_KEY = "ls-test-key-xyz"
@@ -41,9 +41,14 @@ TICKET = {
 }
 QUESTION = {"input": {"question": "How do I reset my password?"}}
 STEPS = [
-    "normalise_question", "condense_question", "retrieve_tickets", "weigh_evidence", "drop_irrelevant", "format_context",
+    "normalise_question",
+    "condense_question",
+    "retrieve_tickets",
+    "weigh_evidence",
+    "drop_irrelevant",
+    "format_context",
     "generate_answer",
-]  # fmt: skip
+]
 
 
 @dataclass
@@ -88,9 +93,12 @@ def service(weaviate_server: EmbeddedWeaviate, tmp_path_factory: pytest.TempPath
         log = tmp / "service.log"
         with log.open("w") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "ticket_rag.tools.cli", "serve"], cwd=ROOT, env=env,
-                stdout=subprocess.DEVNULL, stderr=stderr,
-            )  # fmt: skip
+                [sys.executable, "-m", "ticket_rag.tools.cli", "serve"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_ready(proc, url, log)
@@ -128,7 +136,9 @@ def finished_trace(
     deadline = time.monotonic() + timeout
     while True:
         runs = collector.snapshot()
-        roots = [r for r in runs.values() if not r.get("parent_run_id") and _metadata(r).get("request_id") == request_id]
+        roots = [
+            r for r in runs.values() if not r.get("parent_run_id") and _metadata(r).get("request_id") == request_id
+        ]
         if len(roots) == 1 and roots[0].get("end_time"):
             tree = [r for r in runs.values() if r.get("trace_id") == roots[0]["id"]]
             if all(r.get("end_time") for r in tree):
@@ -185,7 +195,8 @@ def test_rag_invoke_arrives_as_a_tree_of_named_steps_with_the_request_id(service
     assert (output["metadata"]["request_id"], output["metadata"]["run_id"]) == ("trace-test-123", root["id"])
     assert root["outputs"]["answer"] == answer
 
-    [pipeline] = _children(tree, root)  # the served wrapper (see ticket_rag.api.langserve_routes._outputs_only), then the chain
+    # the served wrapper (see ticket_rag.api.langserve_routes._outputs_only), then the chain
+    [pipeline] = _children(tree, root)
     assert pipeline["name"] == "rag_pipeline"
     steps = _children(tree, pipeline)
     assert [r["name"] for r in steps] == STEPS
@@ -193,10 +204,12 @@ def test_rag_invoke_arrives_as_a_tree_of_named_steps_with_the_request_id(service
     [retriever] = _children(tree, by_name["retrieve_tickets"])
     assert (retriever["name"], retriever["run_type"]) == ("weaviate_retriever", "retriever")
     assert TICKET["description"] in json.dumps(retriever["outputs"])
-    [chat] = _children(tree, by_name["generate_answer"])
+    # With Groq, the model first says whether the tickets answer at all (RAG_SUFFICIENCY_CHECK), then writes.
+    check, chat = _children(tree, by_name["generate_answer"])
+    assert (check["name"], check["run_type"]) == ("sufficiency_check", "llm")
     assert (chat["name"], chat["run_type"]) == ("ChatGroq", "llm")
     assert "".join(ANSWER_CHUNKS) in json.dumps(chat["outputs"])
-    assert len(tree) == 2 + len(STEPS) + 2, [r["name"] for r in tree]
+    assert len(tree) == 2 + len(STEPS) + 3, [r["name"] for r in tree]
 
     parents = {r["id"]: r for r in tree}
     for run in tree:
@@ -277,7 +290,7 @@ def test_api_keys_never_reach_the_collector_the_responses_or_the_logs(service: T
     _, ok_tree = finished_trace(service.collector, "secrets-ok")
     error_root, _ = finished_trace(service.collector, "secrets-error")
     assert error_root["error"]
-    [chat] = [r for r in ok_tree if r["run_type"] == "llm"]
+    [chat] = [r for r in ok_tree if r["name"] == "ChatGroq"]
     # Where a key would leak first: the chat model's constructor arguments, traced as a reference to the variable.
     assert chat["serialized"]["kwargs"]["groq_api_key"] == {"lc": 1, "type": "secret", "id": ["GROQ_API_KEY"]}
 
@@ -319,7 +332,9 @@ def test_emails_and_phone_numbers_reach_langsmith_only_redacted(service: TracedS
 
     _, tree = finished_trace(service.collector, "pii-redacted")
     by_name = {run["name"]: run for run in tree}
-    assert "[email]" in json.dumps(by_name["ticket_rag"]["inputs"]) and "[phone]" in json.dumps(by_name["ticket_rag"]["inputs"])
+    assert "[email]" in json.dumps(by_name["ticket_rag"]["inputs"]) and "[phone]" in json.dumps(
+        by_name["ticket_rag"]["inputs"]
+    )
     assert "[email]" in json.dumps(by_name["weaviate_retriever"]["outputs"])
     for received in service.collector.received:  # everything that left the process for LangSmith
         body = received.body.decode("utf-8", "replace")

@@ -9,8 +9,8 @@ from langchain_core.embeddings import Embeddings
 from transformers import AutoModel, AutoTokenizer
 
 from tests.conftest import make_settings
-from ticket_rag.runtime.artifacts import managed_model_dir
 from ticket_rag.embeddings.model import build_embeddings
+from ticket_rag.runtime.artifacts import managed_model_dir
 
 BACKENDS = ["torch", "onnx-fp32", "onnx-int8"]
 
@@ -56,7 +56,11 @@ def test_related_tickets_are_closer_than_unrelated(backend: tuple[str, Embedding
     _, embeddings = backend
     query, related, unrelated = np.array(
         embeddings.embed_documents(
-            ["I forgot my password and cannot sign in", "Login fails: how to reset a lost password", "Invoice shows the wrong VAT rate"]
+            [
+                "I forgot my password and cannot sign in",
+                "Login fails: how to reset a lost password",
+                "Invoice shows the wrong VAT rate",
+            ]
         )
     )
     assert query @ related > query @ unrelated + 0.2

@@ -17,9 +17,7 @@ import pytest
 from langchain_core.embeddings import Embeddings
 
 from tests.conftest import make_settings
-from ticket_rag.runtime.artifacts import ensure_default_model
 from ticket_rag.embeddings.model import build_embeddings
-from ticket_rag.errors import ConfigError
 from ticket_rag.embeddings.onnx import (
     MANIFEST_FILE,
     MAX_PADDING,
@@ -30,6 +28,8 @@ from ticket_rag.embeddings.onnx import (
     int8_needs_7bit_weights,
     onnx_cache_dir,
 )
+from ticket_rag.errors import ConfigError
+from ticket_rag.runtime.artifacts import ensure_default_model
 from ticket_rag.settings import DEFAULT_MODEL_SHA256
 
 LONG = " ".join(
@@ -47,7 +47,8 @@ TEXTS = [
     "Error 500 when uploading a file larger than 10 MB",
     "Mein Drucker druckt nicht mehr, seit das Update installiert wurde.",
     "Bitte setzen Sie mein Passwort zurück, ich komme nicht mehr ins Konto.",
-    "Sehr geehrte Damen und Herren, seit gestern erhalten wir keine E-Mails mehr. Die Fehlermeldung lautet: Postfach voll.",
+    "Sehr geehrte Damen und Herren, seit gestern erhalten wir keine E-Mails mehr. "
+    "Die Fehlermeldung lautet: Postfach voll.",
     "The application crashes on startup with a NullPointerException in the logging module. Steps to reproduce: "
     "open the app, click settings, select language. Expected: the menu opens. Actual: crash.",
     "Our team cannot access the shared drive. We restarted the computers, checked the cables and cleared the "
@@ -147,7 +148,11 @@ def test_a_batch_of_mixed_lengths_is_split_rather_than_padded(onnx_int8: OnnxEmb
     for rows, ids, mask in batches:
         real = int(mask.sum())
         assert ids.size <= (1 + MAX_PADDING) * real, (len(rows), ids.shape, real)
-    assert [len(rows) for rows, _, _ in batches] == [3, 2, 3]  # the short, the middle and the long ones, not one batch of 8
+    assert [len(rows) for rows, _, _ in batches] == [
+        3,
+        2,
+        3,
+    ]  # the short, the middle and the long ones, not one batch of 8
 
 
 def _scores(backend: Embeddings, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:

@@ -54,7 +54,9 @@ def test_concurrent_queries_share_forward_passes_and_get_their_own_vectors(fp32:
     embeddings = fp32
     counting = Counting(embeddings)
     queries = QueryEmbeddings(counting, cache_size=0)
-    texts = [f"ticket about problem number {i} with the {['vpn', 'printer', 'invoice', 'login'][i % 4]}" for i in range(48)]
+    texts = [
+        f"ticket about problem number {i} with the {['vpn', 'printer', 'invoice', 'login'][i % 4]}" for i in range(48)
+    ]
     with ThreadPoolExecutor(16) as pool:
         vectors = list(pool.map(queries.embed_query, texts))
     expected = embeddings.embed_documents(texts)

@@ -62,7 +62,9 @@ def test_pii_never_reaches_the_model_or_the_llm(settings: Settings, embeddings: 
     with TestClient(create_app(settings, embeddings=spy, llm=llm)) as client:
         ticket = client.post("/tickets/", json=TICKET).json()
         client.post("/tickets/search", json={"query": f"refund for {EMAIL}"})
-        output = client.post("/rag/invoke", json={"input": {"question": f"Did {EMAIL} get the refund?"}}).json()["output"]
+        output = client.post("/rag/invoke", json={"input": {"question": f"Did {EMAIL} get the refund?"}}).json()[
+            "output"
+        ]
         stored = client.get(f"/tickets/{ticket['id']}").json()
     assert spy.seen and all(EMAIL not in text and "555" not in text for text in spy.seen)
     assert llm.prompts and all(EMAIL not in p and "555" not in p for p in llm.prompts)

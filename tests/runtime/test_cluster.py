@@ -1,8 +1,8 @@
 """Scale-out for real on loopback: 3 Weaviate nodes (replication factor 3, QUORUM), 2 API replicas, nodes SIGKILLed.
 
 Measured numbers (how long a write takes to fail, how long a node takes to catch up) are attached
-to each test with record_property; `pytest tests/runtime/test_cluster.py -m slow -o junit_family=legacy --junitxml=out.xml`
-keeps them.
+to each test with record_property;
+`pytest tests/runtime/test_cluster.py -m slow -o junit_family=legacy --junitxml=out.xml` keeps them.
 docs/scaling.md reports them.
 """
 
@@ -21,10 +21,10 @@ from weaviate.classes.config import ConsistencyLevel
 from weaviate.classes.query import Filter
 
 from server import create_app
-from tests.runtime.cluster import TcpBalancer, WeaviateCluster
 from tests.conftest import make_settings
-from ticket_rag.tickets.store import ticket_uuid
+from tests.runtime.cluster import TcpBalancer, WeaviateCluster
 from ticket_rag.runtime.weaviate import connect
+from ticket_rag.tickets.store import ticket_uuid
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +33,41 @@ pytestmark = pytest.mark.slow
 CONVERGENCE_TIMEOUT = 240.0
 
 TICKETS = [
-    {"title": "Password reset link expired", "description": "The reset link in the email says it has expired.",
-     "status": "resolved", "resolution": "Send a new link; links last 30 minutes."},
-    {"title": "VPN drops every hour", "description": "The VPN client disconnects every hour on the dot.",
-     "status": "resolved", "resolution": "Update the VPN client to 5.2; the old one renews keys badly."},
-    {"title": "Invoice shows the wrong VAT", "description": "The March invoice charged 19% VAT instead of 7%.",
-     "status": "open"},
-    {"title": "Cannot log in after password change", "description": "Login fails with 'invalid credentials'.",
-     "status": "resolved", "resolution": "Clear the saved password in the browser."},
-    {"title": "Printer on floor 3 is offline", "description": "The printer shows offline for every laptop.",
-     "status": "open"},
-    {"title": "Two-factor codes never arrive", "description": "The SMS with the login code does not arrive.",
-     "status": "resolved", "resolution": "Switch the account to the authenticator app."},
-]  # fmt: skip
+    {
+        "title": "Password reset link expired",
+        "description": "The reset link in the email says it has expired.",
+        "status": "resolved",
+        "resolution": "Send a new link; links last 30 minutes.",
+    },
+    {
+        "title": "VPN drops every hour",
+        "description": "The VPN client disconnects every hour on the dot.",
+        "status": "resolved",
+        "resolution": "Update the VPN client to 5.2; the old one renews keys badly.",
+    },
+    {
+        "title": "Invoice shows the wrong VAT",
+        "description": "The March invoice charged 19% VAT instead of 7%.",
+        "status": "open",
+    },
+    {
+        "title": "Cannot log in after password change",
+        "description": "Login fails with 'invalid credentials'.",
+        "status": "resolved",
+        "resolution": "Clear the saved password in the browser.",
+    },
+    {
+        "title": "Printer on floor 3 is offline",
+        "description": "The printer shows offline for every laptop.",
+        "status": "open",
+    },
+    {
+        "title": "Two-factor codes never arrive",
+        "description": "The SMS with the login code does not arrive.",
+        "status": "resolved",
+        "resolution": "Switch the account to the authenticator app.",
+    },
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +91,9 @@ def healthy(cluster: WeaviateCluster, weaviate_class: str) -> Iterator[WeaviateC
 
 
 @contextmanager
-def api(embeddings: Embeddings, weaviate_class: str, tmp_path: Path, *, url: str, grpc_url: str) -> Iterator[TestClient]:
+def api(
+    embeddings: Embeddings, weaviate_class: str, tmp_path: Path, *, url: str, grpc_url: str
+) -> Iterator[TestClient]:
     """One API replica (the whole app, lifespan included) over the given Weaviate node or balancer."""
     settings = make_settings(
         weaviate_url=url,
@@ -121,10 +145,15 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, what: str, ever
 
 
 def test_writes_and_reads_continue_with_one_of_three_nodes_killed(
-    healthy: WeaviateCluster, embeddings: Embeddings, weaviate_class: str, tmp_path: Path,
+    healthy: WeaviateCluster,
+    embeddings: Embeddings,
+    weaviate_class: str,
+    tmp_path: Path,
     record_property: Callable[[str, object], None],
-) -> None:  # fmt: skip
-    """A follower dies (the Raft leader's own case is the next test): nothing a user does notices, but counts, briefly."""
+) -> None:
+    """A follower dies (the Raft leader's own case is the next test): nothing a user does notices, but
+    counts, briefly.
+    """
     cluster = healthy
     victim, (first, second) = split(cluster)
     with (
@@ -164,7 +193,9 @@ def test_writes_and_reads_continue_with_one_of_three_nodes_killed(
         record_property("restart_to_healthy_s", round(time.monotonic() - started, 1))
         assert len(set(acknowledged)) == len(TICKETS)
         waited = wait_until(
-            lambda: all(found == set(acknowledged) for found in on_each_node(cluster, weaviate_class, acknowledged).values()),
+            lambda: all(
+                found == set(acknowledged) for found in on_each_node(cluster, weaviate_class, acknowledged).values()
+            ),
             timeout=CONVERGENCE_TIMEOUT,
             what="every acknowledged ticket on every node",
         )
@@ -172,10 +203,15 @@ def test_writes_and_reads_continue_with_one_of_three_nodes_killed(
 
 
 def test_writes_pause_while_the_raft_leader_is_replaced_and_nothing_acknowledged_is_lost(
-    healthy: WeaviateCluster, embeddings: Embeddings, weaviate_class: str, tmp_path: Path,
+    healthy: WeaviateCluster,
+    embeddings: Embeddings,
+    weaviate_class: str,
+    tmp_path: Path,
     record_property: Callable[[str, object], None],
-) -> None:  # fmt: skip
-    """Writes need the Raft leader (Weaviate reads the collection's schema from it): they answer 503 until a new one is elected."""
+) -> None:
+    """Writes need the Raft leader (Weaviate reads the collection's schema from it): they answer 503 until a new one is
+    elected.
+    """
     cluster = healthy
     leader = cluster.leader()
     other = next(i for i in range(cluster.size) if i != leader)
@@ -201,16 +237,21 @@ def test_writes_pause_while_the_raft_leader_is_replaced_and_nothing_acknowledged
 
         cluster.restart(leader)
         wait_until(
-            lambda: all(set(acknowledged) <= found for found in on_each_node(cluster, weaviate_class, acknowledged).values()),
+            lambda: all(
+                set(acknowledged) <= found for found in on_each_node(cluster, weaviate_class, acknowledged).values()
+            ),
             timeout=CONVERGENCE_TIMEOUT,
             what="every acknowledged ticket on every node",
         )
 
 
 def test_writes_fail_with_503_when_two_of_three_nodes_are_down(
-    healthy: WeaviateCluster, embeddings: Embeddings, weaviate_class: str, tmp_path: Path,
+    healthy: WeaviateCluster,
+    embeddings: Embeddings,
+    weaviate_class: str,
+    tmp_path: Path,
     record_property: Callable[[str, object], None],
-) -> None:  # fmt: skip
+) -> None:
     cluster = healthy
     victims = [i for i in range(cluster.size) if i != 0]
     with api_at(cluster, 0, embeddings, weaviate_class, tmp_path) as a:
@@ -222,7 +263,11 @@ def test_writes_fail_with_503_when_two_of_three_nodes_are_down(
 
         outage = {**TICKETS[1], "external_id": "during-outage"}
         bulk = {"tickets": [{**TICKETS[2], "external_id": "bulk-outage"}]}
-        writes = [("POST", "/tickets/", outage), ("POST", "/tickets/bulk", bulk), ("DELETE", f"/tickets/{doomed.json()['id']}", None)]
+        writes = [
+            ("POST", "/tickets/", outage),
+            ("POST", "/tickets/bulk", bulk),
+            ("DELETE", f"/tickets/{doomed.json()['id']}", None),
+        ]
         slowest = 0.0
         for method, path, body in writes:
             started = time.monotonic()
@@ -253,16 +298,22 @@ def test_writes_fail_with_503_when_two_of_three_nodes_are_down(
         assert sorted(t["external_id"] for t in listed["data"]) == ["bulk-outage", "during-outage", "kept"]
         assert listed["count"] == 3
         wait_until(
-            lambda: all(kept.json()["id"] in found for found in on_each_node(cluster, weaviate_class, [kept.json()["id"]]).values()),
+            lambda: all(
+                kept.json()["id"] in found
+                for found in on_each_node(cluster, weaviate_class, [kept.json()["id"]]).values()
+            ),
             timeout=CONVERGENCE_TIMEOUT,
             what="the acknowledged ticket on every node",
         )
 
 
 def test_a_ticket_deleted_while_a_node_is_down_stays_deleted_and_a_later_reimport_stays_too(
-    healthy: WeaviateCluster, embeddings: Embeddings, weaviate_class: str, tmp_path: Path,
+    healthy: WeaviateCluster,
+    embeddings: Embeddings,
+    weaviate_class: str,
+    tmp_path: Path,
     record_property: Callable[[str, object], None],
-) -> None:  # fmt: skip
+) -> None:
     """Conflicts between a delete and a write that a node missed: the later one wins (TimeBasedResolution)."""
     cluster = healthy
     victim, (first, second) = split(cluster)
@@ -274,8 +325,11 @@ def test_a_ticket_deleted_while_a_node_is_down_stays_deleted_and_a_later_reimpor
         gone = a.post("/tickets/", json=ticket).json()["id"]
         kept = a.post("/tickets/", json=TICKETS[3]).json()["id"]
         # the victim must hold the ticket before it goes down, or there is nothing to resurrect
-        wait_until(lambda: on_each_node(cluster, weaviate_class, [gone, kept])[victim] == {gone, kept},
-                   timeout=CONVERGENCE_TIMEOUT, what="both tickets on the victim")  # fmt: skip
+        wait_until(
+            lambda: on_each_node(cluster, weaviate_class, [gone, kept])[victim] == {gone, kept},
+            timeout=CONVERGENCE_TIMEOUT,
+            what="both tickets on the victim",
+        )
         cluster.kill(victim)
         assert a.delete(f"/tickets/{gone}").status_code == 204
         assert b.get(f"/tickets/{gone}").status_code == 404
@@ -284,7 +338,9 @@ def test_a_ticket_deleted_while_a_node_is_down_stays_deleted_and_a_later_reimpor
 
         # The returning node still holds its old copy; a read it coordinates answers from it (a read is a
         # search, served by the local copy even at QUORUM) and repairs it.
-        record_property("returning_node_held_the_deleted_ticket", gone in on_each_node(cluster, weaviate_class, [gone])[victim])
+        record_property(
+            "returning_node_held_the_deleted_ticket", gone in on_each_node(cluster, weaviate_class, [gone])[victim]
+        )
         with api_at(cluster, victim, embeddings, weaviate_class, tmp_path) as c:
             reads = [c.get(f"/tickets/{gone}").status_code]
             while reads[-1] != 404 and time.monotonic() - restarted < CONVERGENCE_TIMEOUT:
@@ -315,7 +371,9 @@ def test_a_ticket_deleted_while_a_node_is_down_stays_deleted_and_a_later_reimpor
         assert again.status_code == 201 and again.json()["id"] == gone
         cluster.restart(victim)
         waited = wait_until(
-            lambda: all(found == {gone, kept} for found in on_each_node(cluster, weaviate_class, [gone, kept]).values()),
+            lambda: all(
+                found == {gone, kept} for found in on_each_node(cluster, weaviate_class, [gone, kept]).values()
+            ),
             timeout=CONVERGENCE_TIMEOUT,
             what="the re-imported ticket on every node",
         )
@@ -335,8 +393,11 @@ def test_search_and_rag_sources_are_the_same_through_either_api_replica(
         created = a.post("/tickets/bulk", json={"tickets": TICKETS})
         assert created.status_code == 200, created.text
         ids = [str(item["id"]) for item in created.json()["items"]]
-        wait_until(lambda: all(found == set(ids) for found in on_each_node(cluster, weaviate_class, ids).values()),
-                   timeout=CONVERGENCE_TIMEOUT, what="every ticket on every node")  # fmt: skip
+        wait_until(
+            lambda: all(found == set(ids) for found in on_each_node(cluster, weaviate_class, ids).values()),
+            timeout=CONVERGENCE_TIMEOUT,
+            what="every ticket on every node",
+        )
 
         for body in [
             {"query": "I cannot log in", "limit": 4},
@@ -354,18 +415,26 @@ def test_search_and_rag_sources_are_the_same_through_either_api_replica(
 
 
 def test_an_api_behind_a_load_balancer_keeps_working_when_its_node_is_killed(
-    healthy: WeaviateCluster, embeddings: Embeddings, weaviate_class: str, tmp_path: Path,
+    healthy: WeaviateCluster,
+    embeddings: Embeddings,
+    weaviate_class: str,
+    tmp_path: Path,
     record_property: Callable[[str, object], None],
-) -> None:  # fmt: skip
+) -> None:
     cluster = healthy
     victim, others = split(cluster)
     order = [victim, *others]  # the balancer's first connection goes to a follower, which then dies
     with (
         TcpBalancer([cluster.nodes[i].http_port for i in order]) as http_lb,
         TcpBalancer([cluster.nodes[i].grpc_port for i in order]) as grpc_lb,
-        api(embeddings, weaviate_class, tmp_path, url=f"http://127.0.0.1:{http_lb.port}",
-            grpc_url=f"127.0.0.1:{grpc_lb.port}") as client,
-    ):  # fmt: skip
+        api(
+            embeddings,
+            weaviate_class,
+            tmp_path,
+            url=f"http://127.0.0.1:{http_lb.port}",
+            grpc_url=f"127.0.0.1:{grpc_lb.port}",
+        ) as client,
+    ):
         assert client.post("/tickets/", json=TICKETS[0]).status_code == 201
         assert grpc_lb.backend_of.get(cluster.nodes[victim].grpc_port), "the gRPC connection is not on the victim"
         cluster.kill(victim)

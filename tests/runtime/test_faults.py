@@ -20,16 +20,22 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from server import create_app
 from tests.conftest import LiveServer, make_settings
-from ticket_rag.settings import Settings
 from ticket_rag.runtime.weaviate import EmbeddedWeaviate, free_port
+from ticket_rag.settings import Settings
 
-TICKET = {"title": "Password reset link expired", "description": "The reset link says it has expired.", "status": "resolved"}
+TICKET = {
+    "title": "Password reset link expired",
+    "description": "The reset link says it has expired.",
+    "status": "resolved",
+}
 
 
 @pytest.fixture()
 def own_weaviate(weaviate_binary: Path, tmp_path: Path) -> Iterator[EmbeddedWeaviate]:
     """A Weaviate of this test's own, so it can be stopped, hung and killed."""
-    server = EmbeddedWeaviate(binary=weaviate_binary, data_dir=tmp_path / "wv", http_port=free_port(), grpc_port=free_port())
+    server = EmbeddedWeaviate(
+        binary=weaviate_binary, data_dir=tmp_path / "wv", http_port=free_port(), grpc_port=free_port()
+    )
     server.start()
     try:
         yield server
@@ -47,7 +53,9 @@ def _client(server: EmbeddedWeaviate, embeddings: Embeddings, **overrides: objec
     return TestClient(create_app(settings, embeddings=embeddings, llm=llm))
 
 
-def test_stopped_weaviate_gives_fast_503s_and_the_service_recovers(own_weaviate: EmbeddedWeaviate, embeddings: Embeddings) -> None:
+def test_stopped_weaviate_gives_fast_503s_and_the_service_recovers(
+    own_weaviate: EmbeddedWeaviate, embeddings: Embeddings
+) -> None:
     with _client(own_weaviate, embeddings) as client:
         ticket = client.post("/tickets/", json=TICKET).json()
         own_weaviate.stop()
@@ -101,7 +109,9 @@ def test_hung_weaviate_gives_503_within_the_deadline(own_weaviate: EmbeddedWeavi
             time.sleep(0.5)
 
 
-def test_a_deleted_ticket_stays_deleted_across_a_restart(own_weaviate: EmbeddedWeaviate, embeddings: Embeddings) -> None:
+def test_a_deleted_ticket_stays_deleted_across_a_restart(
+    own_weaviate: EmbeddedWeaviate, embeddings: Embeddings
+) -> None:
     with _client(own_weaviate, embeddings) as client:
         gone = client.post("/tickets/", json=TICKET).json()
         kept = client.post("/tickets/", json={**TICKET, "title": "Reset email never arrives"}).json()
@@ -109,7 +119,9 @@ def test_a_deleted_ticket_stays_deleted_across_a_restart(own_weaviate: EmbeddedW
         own_weaviate.stop()
         own_weaviate.start()
         deadline = time.monotonic() + 30
-        while (response := client.post("/tickets/search", json={"query": "password reset", "limit": 10})).status_code != 200:
+        while (
+            response := client.post("/tickets/search", json={"query": "password reset", "limit": 10})
+        ).status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.5)
         assert [h["ticket"]["id"] for h in response.json()["results"]] == [kept["id"]]
@@ -127,10 +139,12 @@ def test_acknowledged_tickets_survive_repeated_sigkill_during_import(
         weaviate_url=own_weaviate.url, weaviate_grpc_url=f"127.0.0.1:{own_weaviate.grpc_port}", weaviate_timeout=3.0
     )
     batches = [
-        [{"title": f"Ticket {b}-{i}", "description": f"Problem {b}-{i} with the VPN", "external_id": f"ext-{b}-{i}"}
-         for i in range(25)]
+        [
+            {"title": f"Ticket {b}-{i}", "description": f"Problem {b}-{i} with the VPN", "external_id": f"ext-{b}-{i}"}
+            for i in range(25)
+        ]
         for b in range(96)
-    ]  # fmt: skip
+    ]
     acknowledged: set[str] = set()
     failures: list[int] = []
     stop = threading.Event()
@@ -218,7 +232,9 @@ class BreakableEmbeddings(Embeddings):
         return self.inner.embed_query(text)
 
 
-def test_a_failing_model_gives_503_stores_nothing_and_readiness_says_why(settings: Settings, embeddings: Embeddings) -> None:
+def test_a_failing_model_gives_503_stores_nothing_and_readiness_says_why(
+    settings: Settings, embeddings: Embeddings
+) -> None:
     model = BreakableEmbeddings(embeddings)
     llm = FakeListChatModel(responses=["Send a fresh link [T1]."] * 10)
     with TestClient(create_app(settings, embeddings=model, llm=llm)) as client:
@@ -250,9 +266,13 @@ def test_a_failing_model_gives_503_stores_nothing_and_readiness_says_why(setting
 def _embedded_settings(weaviate_binary: Path, tmp_path: Path) -> Settings:
     """A service that runs its own Weaviate as a child process (no WEAVIATE_URL), as `make run` does."""
     return make_settings(
-        weaviate_binary=weaviate_binary, data_dir=tmp_path / "data", weaviate_timeout=2.0,
-        weaviate_http_port=free_port(), weaviate_grpc_port=free_port(), rate_limit_per_minute=0,
-    )  # fmt: skip
+        weaviate_binary=weaviate_binary,
+        data_dir=tmp_path / "data",
+        weaviate_timeout=2.0,
+        weaviate_http_port=free_port(),
+        weaviate_grpc_port=free_port(),
+        rate_limit_per_minute=0,
+    )
 
 
 def _wait_until_ready(get: Any, deadline: float) -> None:

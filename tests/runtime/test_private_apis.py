@@ -1,4 +1,5 @@
-"""The private APIs of pinned libraries that ticket-rag relies on: each test fails loudly when an upgrade changes one."""
+"""The private APIs of pinned libraries that ticket-rag relies on: each test fails loudly when an upgrade changes
+one."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from ticket_rag.runtime.weaviate import EmbeddedWeaviate, _BoundedRetry, connect
 
 
 def test_stream_log_and_stream_events_handlers_are_the_ones_the_served_chain_filters_out() -> None:
-    """ticket_rag.api.langserve_routes._outputs_only keeps the chain's steps out of stream_log/stream_events by this base class."""
+    """ticket_rag.api.langserve_routes._outputs_only keeps the chain's steps out of stream_log/stream_events by this
+    base class.
+    """
     assert issubclass(LogStreamCallbackHandler, _StreamingCallbackHandler)
     assert issubclass(_AstreamEventsCallbackHandler, _StreamingCallbackHandler)
 

@@ -41,7 +41,9 @@ def test_collections_are_isolated(client: TestClient) -> None:
 
 
 def test_bulk_stores_all_in_one_call_and_is_idempotent(client: TestClient) -> None:
-    tickets = [{"title": f"Ticket {i}", "description": f"Problem number {i}", "external_id": f"X-{i}"} for i in range(30)]
+    tickets = [
+        {"title": f"Ticket {i}", "description": f"Problem number {i}", "external_id": f"X-{i}"} for i in range(30)
+    ]
     first = client.post("/tickets/bulk", json={"tickets": tickets})
     assert first.status_code == 200
     assert (first.json()["created"], first.json()["updated"]) == (30, 0)
@@ -78,12 +80,17 @@ def test_a_changed_replication_factor_is_reported_not_applied(
     client: TestClient, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An existing collection keeps its factor (changing it moves shards); the start-up log says so."""
-    from ticket_rag.tickets.store import TicketStore
     from ticket_rag.runtime.weaviate import connect
+    from ticket_rag.tickets.store import TicketStore
 
     assert settings.weaviate_url is not None
     with connect(url=settings.weaviate_url, grpc_url=settings.weaviate_grpc_url) as wv:
-        store = TicketStore(client=wv, embeddings=client.app.state.services.embeddings, class_name=settings.weaviate_class, replication_factor=3)
+        store = TicketStore(
+            client=wv,
+            embeddings=client.app.state.services.embeddings,
+            class_name=settings.weaviate_class,
+            replication_factor=3,
+        )
         with caplog.at_level("WARNING", logger="ticket_rag.tickets.store"):
             store.ensure_schema(default_collection="default")
         assert wv.collections.use(settings.weaviate_class).config.get().replication_config.factor == 1
@@ -91,13 +98,17 @@ def test_a_changed_replication_factor_is_reported_not_applied(
 
 
 @pytest.mark.parametrize("level", ["ONE", "ALL"])
-def test_the_rag_retriever_reads_at_the_configured_consistency(settings: Settings, embeddings: Embeddings, level: str) -> None:
+def test_the_rag_retriever_reads_at_the_configured_consistency(
+    settings: Settings, embeddings: Embeddings, level: str
+) -> None:
     """langchain-weaviate has no consistency setting; its searches must still honour WEAVIATE_CONSISTENCY."""
     from weaviate.classes.config import ConsistencyLevel
 
     from server import create_app
 
-    with TestClient(create_app(settings.model_copy(update={"weaviate_consistency": level}), embeddings=embeddings)) as client:
+    with TestClient(
+        create_app(settings.model_copy(update={"weaviate_consistency": level}), embeddings=embeddings)
+    ) as client:
         assert client.app.state.services.vectorstore._collection.consistency_level == ConsistencyLevel(level)
         client.post("/tickets/", json=TICKET)
         response = client.post("/retriever/invoke", json={"input": {"query": "password reset link"}})

@@ -13,11 +13,11 @@ from weaviate.classes.tenants import Tenant
 
 from server import create_app
 from tests.conftest import _drop_class, make_settings
-from ticket_rag.tools.cli import main as cli_main
 from ticket_rag.errors import ConfigError
+from ticket_rag.runtime.weaviate import connect
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.keywords import KeywordAnalyzer
-from ticket_rag.runtime.weaviate import connect
+from ticket_rag.tools.cli import main as cli_main
 
 PASSWORD = {"title": "Password reset link expired", "description": "The user requested a new password twice."}
 PRINTER = {"title": "Printer jammed", "description": "Paper is stuck in tray B on the third floor."}
@@ -58,7 +58,9 @@ def test_keyword_search_matches_other_forms_of_a_word(client: TestClient) -> Non
 
 
 def test_without_stemming_only_the_exact_word_matches(settings: Settings, embeddings: Embeddings) -> None:
-    with TestClient(create_app(settings.model_copy(update={"keyword_stemmer": "none"}), embeddings=embeddings)) as client:
+    with TestClient(
+        create_app(settings.model_copy(update={"keyword_stemmer": "none"}), embeddings=embeddings)
+    ) as client:
         client.post("/tickets/", json=PASSWORD)
         assert _titles(client, "resetting passwords") == []
         assert _titles(client, "password") == [PASSWORD["title"]]
@@ -92,13 +94,17 @@ def old_collection(settings: Settings) -> Iterator[Settings]:
             vector_config=Configure.Vectors.self_provided(),
             multi_tenancy_config=Configure.multi_tenancy(enabled=True),
             properties=[
-                Property(name="title", **text), Property(name="description", **text),  # type: ignore[arg-type]
+                Property(name="title", **text),
+                Property(name="description", **text),  # type: ignore[arg-type]
                 *[Property(name=n, **field) for n in ("priority", "status", "category", "external_id")],  # type: ignore[arg-type]
                 Property(name="resolution", data_type=DataType.TEXT, index_searchable=False),
-                Property(name="tags", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD, index_searchable=False),
-                Property(name="created_at", data_type=DataType.DATE), Property(name="updated_at", data_type=DataType.DATE),
+                Property(
+                    name="tags", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD, index_searchable=False
+                ),
+                Property(name="created_at", data_type=DataType.DATE),
+                Property(name="updated_at", data_type=DataType.DATE),
             ],
-        )  # fmt: skip
+        )
         tenant = wv.collections.use(settings.weaviate_class)
         tenant.tenants.create([Tenant(name="default")])
         now = datetime.now(UTC)
@@ -110,7 +116,10 @@ def old_collection(settings: Settings) -> Iterator[Settings]:
 
 
 def test_tickets_stored_before_terms_existed_are_found_after_reindex(
-    old_collection: Settings, embeddings: Embeddings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    old_collection: Settings,
+    embeddings: Embeddings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = old_collection
     with TestClient(create_app(settings, embeddings=embeddings)) as client:
@@ -118,9 +127,11 @@ def test_tickets_stored_before_terms_existed_are_found_after_reindex(
         before = client.get("/tickets/").json()["data"][0]
     assert settings.weaviate_url is not None
     for name, value in {
-        "WEAVIATE_URL": settings.weaviate_url, "WEAVIATE_GRPC_URL": settings.weaviate_grpc_url,
-        "WEAVIATE_CLASS": settings.weaviate_class, "LOG_JSON": "false",
-    }.items():  # fmt: skip
+        "WEAVIATE_URL": settings.weaviate_url,
+        "WEAVIATE_GRPC_URL": settings.weaviate_grpc_url,
+        "WEAVIATE_CLASS": settings.weaviate_class,
+        "LOG_JSON": "false",
+    }.items():
         monkeypatch.setenv(name, str(value))
     assert cli_main(["reindex"]) == 0
     assert "default: 1 tickets reindexed (english stemming)" in capsys.readouterr().out
@@ -129,9 +140,12 @@ def test_tickets_stored_before_terms_existed_are_found_after_reindex(
         assert _titles(client, "resetting passwords") == [PASSWORD["title"]]
         after = client.get("/tickets/").json()["data"][0]
         with connect(url=settings.weaviate_url, grpc_url=settings.weaviate_grpc_url) as wv:
-            vector = wv.collections.use(settings.weaviate_class).with_tenant("default").query.fetch_object_by_id(
-                after["id"], include_vector=True
-            ).vector["default"]  # fmt: skip
+            vector = (
+                wv.collections.use(settings.weaviate_class)
+                .with_tenant("default")
+                .query.fetch_object_by_id(after["id"], include_vector=True)
+                .vector["default"]
+            )
     assert after == before  # every field as it was
     assert vector == pytest.approx([0.1] * 768)  # and the vector kept
 

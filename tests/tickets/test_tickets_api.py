@@ -13,9 +13,21 @@ from langchain_core.embeddings import Embeddings
 from server import create_app
 from ticket_rag.settings import Settings
 
-LOGIN = {"title": "Cannot log in after password reset", "description": "The reset link says it has expired.", "priority": "high"}
-PRINTER = {"title": "Printer jams on every page", "description": "The office printer on floor 2 jams.", "priority": "low"}
-INVOICE = {"title": "Invoice shows wrong VAT", "description": "VAT on invoice 2231 is 19% instead of 7%.", "category": "Billing"}
+LOGIN = {
+    "title": "Cannot log in after password reset",
+    "description": "The reset link says it has expired.",
+    "priority": "high",
+}
+PRINTER = {
+    "title": "Printer jams on every page",
+    "description": "The office printer on floor 2 jams.",
+    "priority": "low",
+}
+INVOICE = {
+    "title": "Invoice shows wrong VAT",
+    "description": "VAT on invoice 2231 is 19% instead of 7%.",
+    "category": "Billing",
+}
 
 
 class CountingEmbeddings(Embeddings):
@@ -57,7 +69,10 @@ def test_create_lists_similar_tickets_and_possible_duplicates(client: TestClient
     _create(client, PRINTER)
     duplicate = _create(
         client,
-        {"title": "Can't log in after resetting my password", "description": "The password reset link says it expired."},
+        {
+            "title": "Can't log in after resetting my password",
+            "description": "The password reset link says it expired.",
+        },
     )
     assert duplicate["similar"][0]["ticket"]["id"] == first["id"]
     assert [hit["ticket"]["id"] for hit in duplicate["possible_duplicates"]] == [first["id"]]
@@ -201,7 +216,10 @@ def test_vector_search_ranks_by_cosine_similarity(search_client: TestClient, emb
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)
     expected = float(
-        np.dot(embeddings.embed_query("login issues"), embeddings.embed_documents([f"{LOGIN['title']} {LOGIN['description']}"])[0])
+        np.dot(
+            embeddings.embed_query("login issues"),
+            embeddings.embed_documents([f"{LOGIN['title']} {LOGIN['description']}"])[0],
+        )
     )
     assert hits[0]["similarity"] == pytest.approx(expected, abs=1e-4)
     assert hits[0]["score"] == hits[0]["similarity"]
@@ -223,7 +241,9 @@ def test_hybrid_search_fuses_and_explains(search_client: TestClient) -> None:
     assert 0 < top["score"] <= 1
     assert top["keyword_score"] is not None and top["keyword_score"] > 0
     assert "bm25" in top["explain"] and "vector" in top["explain"]
-    vector_only = search_client.post("/tickets/search", json={"query": "VPN tunnel drops", "mode": "hybrid", "alpha": 1}).json()
+    vector_only = search_client.post(
+        "/tickets/search", json={"query": "VPN tunnel drops", "mode": "hybrid", "alpha": 1}
+    ).json()
     plain = search_client.post("/tickets/search", json={"query": "VPN tunnel drops"}).json()
     assert [h["ticket"]["id"] for h in vector_only["results"]] == [h["ticket"]["id"] for h in plain["results"]]
 
@@ -288,7 +308,10 @@ def test_a_retried_create_with_an_idempotency_key_stores_one_ticket(client: Test
     assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
     assert client.get("/tickets/").json()["count"] == 1
     # a new key is a new ticket; the same text without a key is too (a ticket may be reported twice)
-    assert client.post("/tickets/", json=LOGIN, headers={"Idempotency-Key": str(uuid.uuid4())}).json()["id"] != first.json()["id"]
+    assert (
+        client.post("/tickets/", json=LOGIN, headers={"Idempotency-Key": str(uuid.uuid4())}).json()["id"]
+        != first.json()["id"]
+    )
     assert client.post("/tickets/", json=LOGIN).status_code == 201
     assert client.get("/tickets/").json()["count"] == 3
 

@@ -12,8 +12,10 @@ import pytest
 from langchain_core.embeddings import Embeddings
 
 from tests.conftest import DATASETS, _drop_class, make_settings
-from ticket_rag.tools.cli import main
 from ticket_rag.embeddings.cache import CachedEmbeddings, EmbeddingCache, model_key
+from ticket_rag.settings import DEFAULT_MODEL_SHA256, Settings
+from ticket_rag.tickets.store import embedded_text
+from ticket_rag.tools.cli import main
 from ticket_rag.tools.evaluation import (
     BeirDoc,
     ModeResult,
@@ -27,8 +29,6 @@ from ticket_rag.tools.evaluation import (
     run_eval,
     ticket_from_doc,
 )
-from ticket_rag.settings import DEFAULT_MODEL_SHA256, Settings
-from ticket_rag.tickets.store import embedded_text
 
 SCIFACT = DATASETS / "scifact"
 
@@ -82,7 +82,10 @@ def test_a_document_with_title_and_text_is_embedded_as_mteb_does() -> None:
     mapped = ticket_from_doc(BeirDoc("4983", "Microstructural development", "Alterations of the architecture."))
     assert mapped.note is None and mapped.ticket is not None
     assert mapped.ticket.external_id == "4983"
-    assert embedded_text(mapped.ticket.title, mapped.ticket.description) == "Microstructural development Alterations of the architecture."
+    assert (
+        embedded_text(mapped.ticket.title, mapped.ticket.description)
+        == "Microstructural development Alterations of the architecture."
+    )
 
 
 @pytest.mark.parametrize(
@@ -199,7 +202,9 @@ def test_the_cache_is_safe_to_share_between_threads(tmp_path: Path) -> None:
     assert not errors
     for n, vectors in results.items():
         expected = [FakeEmbeddings.vector(t) for t in texts[n * 10 : n * 10 + 60]]
-        assert [v == pytest.approx(e, abs=1e-7) for v, e in zip(vectors, expected, strict=True)] == [True] * len(expected)
+        assert [v == pytest.approx(e, abs=1e-7) for v, e in zip(vectors, expected, strict=True)] == [True] * len(
+            expected
+        )
     assert len(cached.cache) == 200
 
 
@@ -255,7 +260,9 @@ FLOORS = {
 def cut_scifact_slice(target: Path, *, queries: int = SLICE_QUERIES, distractors: int = SLICE_DISTRACTORS) -> Path:
     """The first judged test queries, all their relevant abstracts and the first other abstracts, as a BEIR folder."""
     qrels = read_qrels(SCIFACT / "qrels" / "test.tsv")
-    query_lines = [line for line in (SCIFACT / "queries.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    query_lines = [
+        line for line in (SCIFACT / "queries.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     chosen = [line for line in query_lines if json.loads(line)["_id"] in qrels][:queries]
     chosen_ids = [json.loads(line)["_id"] for line in chosen]
     relevant = {doc for q in chosen_ids for doc in qrels[q]}

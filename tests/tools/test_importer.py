@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import DATASETS, ROOT, LiveServer
 
@@ -20,7 +19,7 @@ def _sample(source: Path, target: Path, rows: int) -> Path:
     with source.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames
-        picked = [row for _, row in zip(range(rows), reader)]
+        picked = [row for _, row in zip(range(rows), reader, strict=False)]
     with target.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)  # type: ignore[arg-type]
         writer.writeheader()
@@ -31,9 +30,12 @@ def _sample(source: Path, target: Path, rows: int) -> Path:
 def _import(server: LiveServer, path: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ticket_rag.tools.cli", "import", str(path), "--url", server.url, *args],
-        cwd=ROOT, env={**os.environ, "DATA_DIR": str(data_dir), "LOG_JSON": "false"},
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        env={**os.environ, "DATA_DIR": str(data_dir), "LOG_JSON": "false"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _count(server: LiveServer, collection: str = "default") -> int:
@@ -69,9 +71,18 @@ def test_bad_rows_are_reported_by_line_and_the_rest_is_imported(live_server: Liv
         encoding="utf-8",
     )
     result = _import(
-        live_server, path, tmp_path, "--map", "external_id=id", "--map", "title=subject",
-        "--map", "description=body", "--map", "priority=prio",
-    )  # fmt: skip
+        live_server,
+        path,
+        tmp_path,
+        "--map",
+        "external_id=id",
+        "--map",
+        "title=subject",
+        "--map",
+        "description=body",
+        "--map",
+        "priority=prio",
+    )
     assert result.returncode == 0, result.stderr
     assert "4 rows: 2 created, 0 updated, 2 failed" in result.stdout
     assert "failed line 3: priority:" in result.stderr
@@ -83,11 +94,13 @@ def test_bad_rows_are_reported_by_line_and_the_rest_is_imported(live_server: Liv
 def test_jsonl_with_a_broken_line(live_server: LiveServer, tmp_path: Path) -> None:
     path = tmp_path / "tickets.jsonl"
     path.write_text(
-        json.dumps({"title": "A", "description": "first", "external_id": "a"}) + "\n"
+        json.dumps({"title": "A", "description": "first", "external_id": "a"})
+        + "\n"
         + "{not json\n"
-        + json.dumps({"title": "B", "description": "second", "tags": "x, y"}) + "\n",
+        + json.dumps({"title": "B", "description": "second", "tags": "x, y"})
+        + "\n",
         encoding="utf-8",
-    )  # fmt: skip
+    )
     result = _import(live_server, path, tmp_path)
     assert "3 rows: 2 created, 0 updated, 1 failed" in result.stdout
     assert "failed line 2: invalid JSON" in result.stderr
@@ -97,10 +110,27 @@ def test_jsonl_with_a_broken_line(live_server: LiveServer, tmp_path: Path) -> No
 
 def test_an_interrupted_import_resumes_where_it_stopped(live_server: LiveServer, tmp_path: Path) -> None:
     sample = _sample(DATASETS / "tickets" / "suraj520.csv", tmp_path / "suraj.csv", 400)
-    cmd = [sys.executable, "-m", "ticket_rag.tools.cli", "import", str(sample), "--url", live_server.url,
-           "--preset", "suraj520", "--batch-size", "10"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "DATA_DIR": str(tmp_path)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ticket_rag.tools.cli",
+        "import",
+        str(sample),
+        "--url",
+        live_server.url,
+        "--preset",
+        "suraj520",
+        "--batch-size",
+        "10",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "DATA_DIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     checkpoints = tmp_path / "imports"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -113,7 +143,8 @@ def test_an_interrupted_import_resumes_where_it_stopped(live_server: LiveServer,
     done_before = json.loads(next(checkpoints.glob("import-*.json")).read_text())["rows_done"]
     # 400 rows in batches of 10 take far longer than stopping after 20: the import is always cut short.
     assert 20 <= done_before < 400, done_before
-    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "DATA_DIR": str(tmp_path)}, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, "DATA_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=600
+    )
     assert f"{done_before} already imported (resumed)" in result.stdout
     assert _count(live_server) == 400

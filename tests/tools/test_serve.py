@@ -29,9 +29,13 @@ def serve(data_dir: Path, ports: dict[str, int]) -> Iterator[subprocess.Popen[st
     }
     env.pop("WEAVIATE_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ticket_rag.tools.cli", "serve"], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [sys.executable, "-m", "ticket_rag.tools.cli", "serve"],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

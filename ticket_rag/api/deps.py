@@ -21,8 +21,17 @@ from ticket_rag.tickets.store import TicketStore
 from ticket_rag.tickets.triage import TriageService
 
 __all__ = [
-    "Admin", "ApiKeysDep", "RagChainDep", "Reader", "Services", "ServicesDep", "SettingsDep", "StoreDep", "TriageDep", "Writer",
-]  # fmt: skip
+    "Admin",
+    "ApiKeysDep",
+    "RagChainDep",
+    "Reader",
+    "Services",
+    "ServicesDep",
+    "SettingsDep",
+    "StoreDep",
+    "TriageDep",
+    "Writer",
+]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,9 @@ async def liveness() -> Health:
 
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
 def readiness(services: ServicesDep) -> JSONResponse:
-    """Weaviate answers and the embedding model is loaded (its last call did not fail); 503 naming the failing part otherwise."""
+    """Weaviate answers and the embedding model is loaded (its last call did not fail); 503 naming the failing part
+    otherwise.
+    """
     supervisor, url = services.supervisor, services.weaviate_url
     if supervisor is not None and supervisor.status != "ok":
         weaviate_status = supervisor.status  # the embedded Weaviate died and is being started again

@@ -31,7 +31,8 @@ from langserve.validation import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from chains.rag import ChainOptions, PlaygroundSchema, RagInput, RagOutput, check_limits
+from chains.rag import ChainOptions, check_limits
+from chains.schemas import PlaygroundSchema, RagInput, RagOutput
 from ticket_rag.api.deps import get_services
 from ticket_rag.api.http_errors import error_responses
 from ticket_rag.api.observability import request_id_var, tracing_enabled
@@ -191,9 +192,12 @@ def _served_retriever(retriever: Runnable[Any, Any], settings: Settings) -> Runn
         if inputs.k > settings.rag_max_k:
             raise InvalidRequest(f"at most {settings.rag_max_k} tickets can be retrieved", loc=("body", "input", "k"))
         docs: list[Document] = retriever.invoke(
-            inputs.query, config, collection=authorized_collection(inputs.collection, settings.default_collection),
-            filters=inputs.filters, k=inputs.k,
-        )  # fmt: skip
+            inputs.query,
+            config,
+            collection=authorized_collection(inputs.collection, settings.default_collection),
+            filters=inputs.filters,
+            k=inputs.k,
+        )
         return docs
 
     return RunnableLambda(retrieve, name="retrieve_tickets").with_types(

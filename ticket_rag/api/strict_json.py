@@ -66,10 +66,14 @@ def refusal(body: bytes) -> str | None:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         text = "\x00"
-    if "\x00" in text:  # never in UTF-8 JSON; UTF-16/32 of ASCII text is otherwise valid UTF-8, read by json.loads(bytes)
+    if (
+        "\x00" in text
+    ):  # never in UTF-8 JSON; UTF-16/32 of ASCII text is otherwise valid UTF-8, read by json.loads(bytes)
         return "the body is not UTF-8 (JSON must be, RFC 8259)"
     try:
-        parsed = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int, object_pairs_hook=_object)
+        parsed = json.loads(
+            text, parse_constant=_constant, parse_float=_float, parse_int=_int, object_pairs_hook=_object
+        )
     except _Refused as exc:
         return str(exc)
     except RecursionError:
@@ -105,10 +109,13 @@ class StrictJsonMiddleware:
             await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
             return
         payload = json.dumps({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": reason}]}).encode()
-        await send({
-            "type": "http.response.start", "status": 422,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-        })  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 422,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
 

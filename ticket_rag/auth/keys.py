@@ -127,7 +127,12 @@ class ApiKeyStore:
     """Keys in a Weaviate collection of their own, looked up through a short in-process cache."""
 
     def __init__(
-        self, *, client: weaviate.WeaviateClient, class_name: str, cache_seconds: float = 5.0, replication_factor: int = 1
+        self,
+        *,
+        client: weaviate.WeaviateClient,
+        class_name: str,
+        cache_seconds: float = 5.0,
+        replication_factor: int = 1,
     ) -> None:
         self.client = client
         self.class_name = class_name
@@ -155,14 +160,21 @@ class ApiKeyStore:
                     Property(
                         name="key_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False
                     ),
-                    Property(name="secret_hash", data_type=DataType.TEXT, index_filterable=False, index_searchable=False),
+                    Property(
+                        name="secret_hash", data_type=DataType.TEXT, index_filterable=False, index_searchable=False
+                    ),
                     Property(name="name", data_type=DataType.TEXT, index_searchable=False),
                     Property(name="role", data_type=DataType.INT),
-                    Property(name="collections", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD, index_searchable=False),
+                    Property(
+                        name="collections",
+                        data_type=DataType.TEXT_ARRAY,
+                        tokenization=Tokenization.FIELD,
+                        index_searchable=False,
+                    ),
                     Property(name="created_at", data_type=DataType.DATE),
                     Property(name="revoked", data_type=DataType.BOOL),
                 ],
-            )  # fmt: skip
+            )
 
     @property
     def _collection(self) -> Any:
@@ -177,9 +189,14 @@ class ApiKeyStore:
         key_id, secret = secrets.token_hex(4), secrets.token_urlsafe(32)
         now = datetime.now(UTC)
         props = {
-            "key_id": key_id, "secret_hash": _hash(secret), "name": body.name, "role": int(body.role),
-            "collections": sorted(set(body.collections)), "created_at": now, "revoked": False,
-        }  # fmt: skip
+            "key_id": key_id,
+            "secret_hash": _hash(secret),
+            "name": body.name,
+            "role": int(body.role),
+            "collections": sorted(set(body.collections)),
+            "created_at": now,
+            "revoked": False,
+        }
         with weaviate_errors():
             self._collection.data.insert(props)
         public = ApiKeyPublic.model_validate({k: v for k, v in props.items() if k != "secret_hash"})

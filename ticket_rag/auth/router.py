@@ -14,7 +14,10 @@ router = APIRouter(tags=["admin"], responses=error_responses(401, 403, 429, 503)
 
 
 @router.post(
-    "/admin/keys", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated, responses=error_responses(400, 413)
+    "/admin/keys",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ApiKeyCreated,
+    responses=error_responses(400, 413),
 )
 def create_key(body: ApiKeyCreate, keys: ApiKeysDep, who: Admin) -> ApiKeyCreated:
     """Create an API key scoped to collections and a role; the key is in this response only.
@@ -32,7 +35,9 @@ def list_keys(keys: ApiKeysDep, who: Admin) -> list[ApiKeyPublic]:
 
 @router.delete("/admin/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))
 def revoke_key(key_id: str, keys: ApiKeysDep, who: Admin) -> Response:
-    """Revoke a key within this admin key's collections: refused at once here, within API_KEY_CACHE_SECONDS elsewhere."""
+    """Revoke a key within this admin key's collections: refused at once here, within
+    API_KEY_CACHE_SECONDS elsewhere.
+    """
     keys.revoke(key_id=key_id, within=who)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

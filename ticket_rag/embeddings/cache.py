@@ -95,8 +95,9 @@ class EmbeddingCache:
         unique = list(dict.fromkeys(keys))
         with self._lock:
             for chunk in _chunks(unique, _LOOKUP_CHUNK):
+                marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
-                    f"SELECT sha256, dim, vector FROM vectors WHERE kind = ? AND sha256 IN ({','.join('?' * len(chunk))})",
+                    f"SELECT sha256, dim, vector FROM vectors WHERE kind = ? AND sha256 IN ({marks})",
                     (kind, *chunk),
                 ).fetchall()
                 for key, dim, blob in rows:
@@ -149,7 +150,9 @@ class CachedEmbeddings(Embeddings):
         logger.info("embedding cache %s", cache.path)
         return cls(inner, cache=cache, **kwargs)
 
-    def _cached(self, kind: str, texts: list[str], compute: Callable[[list[str]], list[list[float]]]) -> list[list[float]]:
+    def _cached(
+        self, kind: str, texts: list[str], compute: Callable[[list[str]], list[list[float]]]
+    ) -> list[list[float]]:
         keys = [text_sha256(t) for t in texts]
         found = self.cache.get_many(kind, keys)
         missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}

@@ -10,8 +10,8 @@ from typing import cast
 from langchain_core.embeddings import Embeddings
 from langchain_huggingface import HuggingFaceEmbeddings
 
-from ticket_rag.runtime.artifacts import MODEL_ALIASES, resolve_model
 from ticket_rag.errors import ConfigError
+from ticket_rag.runtime.artifacts import MODEL_ALIASES, resolve_model
 from ticket_rag.settings import DEFAULT_MODEL_SHA256, Settings
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def prepare_embeddings(settings: Settings) -> None:
 def _check_local(settings: Settings, model: str) -> None:
     if not Path(model).is_dir():
         raise ConfigError(
-            f"EMBEDDING_BACKEND={settings.embedding_backend} needs a local model folder, and EMBEDDING_MODEL {model} is a hub id"
+            f"EMBEDDING_BACKEND={settings.embedding_backend} needs a local model folder, "
+            f"and EMBEDDING_MODEL {model} is a hub id"
         )
 
 
@@ -81,7 +82,10 @@ def _build_onnx(settings: Settings, model: str) -> Embeddings:
         batch_size=settings.embedding_batch_size,
     )
     logger.info(
-        "loaded embedding model %s on %s (%d dimensions)", model, settings.embedding_backend, embedding_dimension(embeddings)
+        "loaded embedding model %s on %s (%d dimensions)",
+        model,
+        settings.embedding_backend,
+        embedding_dimension(embeddings),
     )
     return embeddings
 

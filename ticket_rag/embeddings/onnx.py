@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from ticket_rag.runtime.artifacts import sha256_file, verify_sha256
 from ticket_rag.errors import ConfigError
+from ticket_rag.runtime.artifacts import sha256_file, verify_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -175,7 +175,9 @@ def _load_torch_model(model_dir: Path) -> Any:
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
     model = AutoModel.from_pretrained(model_dir, local_files_only=True)
     if model.config.model_type != "mpnet":
-        raise ConfigError(f"the ONNX backends support MPNet models (all-mpnet-base-v2); {model_dir} is {model.config.model_type}")
+        raise ConfigError(
+            f"the ONNX backends support MPNet models (all-mpnet-base-v2); {model_dir} is {model.config.model_type}"
+        )
     return model.eval()
 
 
@@ -190,14 +192,22 @@ def _trace(encoder: torch.nn.Module, path: Path) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(
-            encoder, (ids, mask), str(path), dynamo=False, opset_version=OPSET, do_constant_folding=True,
-            input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+            encoder,
+            (ids, mask),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
             dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
-        )  # fmt: skip
+        )
 
 
 def _fuse(source: Path, target: Path) -> None:
-    """ONNX Runtime's transformer fusions (SkipLayerNormalization, BiasGelu): portable, unlike a saved level-ALL graph."""
+    """ONNX Runtime's transformer fusions (SkipLayerNormalization, BiasGelu): portable, unlike a saved
+    level-ALL graph.
+    """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -206,9 +216,13 @@ def _fuse(source: Path, target: Path) -> None:
         if name.startswith(("fusion", "onnx_model")) or name == "optimizer":
             logging.getLogger(name).setLevel(logging.WARNING)
     fused = optimize_model(
-        str(source), model_type="bert", num_heads=12, hidden_size=768,
-        optimization_options=FusionOptions("bert"), opt_level=0,
-    )  # fmt: skip
+        str(source),
+        model_type="bert",
+        num_heads=12,
+        hidden_size=768,
+        optimization_options=FusionOptions("bert"),
+        opt_level=0,
+    )
     fused.save_model_to_file(str(target), use_external_data_format=False)
 
 
@@ -281,7 +295,11 @@ def _decompose_outliers(source: Path, target: Path, peaks: dict[str, np.ndarray]
                 [numpy_helper.from_array(mask, f"{base}/mask"), numpy_helper.from_array(outliers, f"{base}/channels")]
             )
             nodes.append(helper.make_node("Mul", [x, f"{base}/mask"], [f"{base}/ordinary"], name=f"{base}/Mask"))
-            nodes.append(helper.make_node("Gather", [x, f"{base}/channels"], [f"{base}/outlier_in"], name=f"{base}/Gather", axis=-1))
+            nodes.append(
+                helper.make_node(
+                    "Gather", [x, f"{base}/channels"], [f"{base}/outlier_in"], name=f"{base}/Gather", axis=-1
+                )
+            )
             shared[key] = (f"{base}/ordinary", f"{base}/outlier_in")
         ordinary, outlier_in = shared[key]
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[outliers]), f"{base}/weight"))
@@ -289,8 +307,12 @@ def _decompose_outliers(source: Path, target: Path, peaks: dict[str, np.ndarray]
         node.input[0] = ordinary
         node.output[0] = f"{base}/ordinary_out"
         nodes.append(node)
-        nodes.append(helper.make_node("MatMul", [outlier_in, f"{base}/weight"], [f"{base}/outlier_out"], name=f"{base}/MatMul"))
-        nodes.append(helper.make_node("Add", [f"{base}/ordinary_out", f"{base}/outlier_out"], [output], name=f"{base}/Add"))
+        nodes.append(
+            helper.make_node("MatMul", [outlier_in, f"{base}/weight"], [f"{base}/outlier_out"], name=f"{base}/MatMul")
+        )
+        nodes.append(
+            helper.make_node("Add", [f"{base}/ordinary_out", f"{base}/outlier_out"], [output], name=f"{base}/Add")
+        )
         fp32_nodes.append(f"{base}/MatMul")
         split += 1
         channels += int(outliers.size)
@@ -309,10 +331,15 @@ def _quantize(model_dir: Path, encoder: torch.nn.Module, fused: Path, target: Pa
     fp32_nodes, stats = _decompose_outliers(fused, decomposed, peaks)
     seven_bit = int8_needs_7bit_weights()  # measured here: cosine 0.9960 with 7-bit weights, 0.9971 with 8-bit
     quantize_dynamic(
-        str(decomposed), str(target), weight_type=QuantType.QInt8, per_channel=True, reduce_range=seven_bit,
-        op_types_to_quantize=["MatMul"], nodes_to_exclude=fp32_nodes,
+        str(decomposed),
+        str(target),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=seven_bit,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=fp32_nodes,
         extra_options={"DefaultTensorType": TensorProto.FLOAT, "MatMulConstBOnly": True},
-    )  # fmt: skip
+    )
     return {
         "quantization": "dynamic int8, per-channel weights, outlier channels in fp32",
         "weight_bits": 7 if seven_bit else 8,
@@ -440,7 +467,9 @@ class OnnxEmbeddings(Embeddings):
 
     @property
     def encode_kwargs(self) -> dict[str, Any]:
-        """What decides the vectors besides the weights; embedding_cache.model_key reads it, so each variant caches apart."""
+        """What decides the vectors besides the weights; embedding_cache.model_key reads it, so each variant caches
+        apart.
+        """
         return {"backend": self.variant, "onnx_sha256": self.model_sha256, "max_seq_length": self.max_seq_length}
 
     def _batches(self, texts: Sequence[str]) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -450,7 +479,8 @@ class OnnxEmbeddings(Embeddings):
         start = 0
         while start < len(order):
             # Up to batch_size texts, and no more padded tokens than max_batch_tokens: small batches of long
-            # texts keep the attention tensors in cache (measured: batches of ~1,000 tokens ran 20-35% faster than 32 abstracts).
+            # texts keep the attention tensors in cache (measured: batches of ~1,000 tokens ran 20-35% faster than 32
+            # abstracts).
             width = int(lengths[order[start]])
             end = start + 1
             real = width
@@ -495,7 +525,9 @@ class OnnxEmbeddings(Embeddings):
         return vector
 
 
-def ensure_onnx_model(model_dir: Path, cache_dir: Path, variant: OnnxVariant, *, source_sha256: str | None = None) -> Path:
+def ensure_onnx_model(
+    model_dir: Path, cache_dir: Path, variant: OnnxVariant, *, source_sha256: str | None = None
+) -> Path:
     """Return the verified exported model file of this variant, exporting it on first use."""
     if variant not in VARIANTS:
         raise ConfigError(f"EMBEDDING_BACKEND: unknown ONNX variant {variant!r}; expected one of {', '.join(VARIANTS)}")
@@ -530,11 +562,18 @@ def build_onnx_embeddings(
     manifest = json.loads((model_path.parent / MANIFEST_FILE).read_text())
     try:
         embeddings = OnnxEmbeddings(
-            model_path, Path(model_dir), variant=variant, model_sha256=manifest["sha256"], batch_size=batch_size, threads=threads
+            model_path,
+            Path(model_dir),
+            variant=variant,
+            model_sha256=manifest["sha256"],
+            batch_size=batch_size,
+            threads=threads,
         )
     except ConfigError:
         raise
     except Exception as exc:  # onnxruntime's own errors: a damaged graph or an unsupported CPU
-        raise ConfigError(f"the {variant} model at {model_path} could not be loaded: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(
+            f"the {variant} model at {model_path} could not be loaded: {type(exc).__name__}: {exc}"
+        ) from exc
     logger.info("loaded %s embeddings from %s (%d threads)", variant, model_path.parent.name, embeddings.threads)
     return embeddings

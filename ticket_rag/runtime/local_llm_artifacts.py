@@ -38,8 +38,6 @@ LLAMA_CPP_VERSION = "0.3.36"
 LLAMA_CMAKE_ARGS = "-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF"
 
 
-
-
 # --- SmolLM2 weights ----------------------------------------------------------------------------
 
 
@@ -104,13 +102,23 @@ def ensure_llama_wheel(cache_dir: Path) -> Path:
         env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", LLAMA_CMAKE_ARGS)}
         cmd = [
             # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back an old build.
-            sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
-            "-w", tmp, f"llama-cpp-python=={LLAMA_CPP_VERSION}",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "-w",
+            tmp,
+            f"llama-cpp-python=={LLAMA_CPP_VERSION}",
+        ]
         run_step(
-            cmd, env=env,
+            cmd,
+            env=env,
             failure=f"building llama-cpp-python {LLAMA_CPP_VERSION} failed (it needs a C++ compiler and cmake)",
-        )  # fmt: skip
+        )
         built = next(Path(tmp).glob(pattern), None)
         if built is None:
             raise ConfigError(f"pip wheel made no {pattern}")
@@ -121,7 +129,9 @@ def ensure_llama_wheel(cache_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ticket_rag.runtime.local_llm_artifacts wheel|model`: ensure the artifact and write its path to stdout."""
+    """`python -m ticket_rag.runtime.local_llm_artifacts wheel|model`: ensure the artifact and write its path to
+    stdout.
+    """
     from ticket_rag.settings import load_settings
 
     args = sys.argv[1:] if argv is None else argv
@@ -141,4 +151,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

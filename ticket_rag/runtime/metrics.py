@@ -20,19 +20,28 @@ logger = logging.getLogger(__name__)
 
 REQUESTS = Counter("ticket_rag_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
-    "ticket_rag_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+    "ticket_rag_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)  # fmt: skip
+)
 EMBED_SECONDS = Histogram("ticket_rag_embedding_seconds", "Time per embedding call", ["kind"])
 EMBED_BATCH = Histogram(
-    "ticket_rag_embedding_batch_size", "Texts per embedding call", ["kind"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    "ticket_rag_embedding_batch_size",
+    "Texts per embedding call",
+    ["kind"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 EMBED_ERRORS = Counter("ticket_rag_embedding_errors_total", "Embedding calls that failed", ["kind"])
 WEAVIATE_ERRORS = Counter("ticket_rag_weaviate_errors_total", "Weaviate calls that failed", ["kind"])
-LLM_SECONDS = Histogram("ticket_rag_llm_seconds", "LLM call latency", ["model"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60))
+LLM_SECONDS = Histogram(
+    "ticket_rag_llm_seconds", "LLM call latency", ["model"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
+)
 LLM_TOKENS = Counter("ticket_rag_llm_tokens_total", "LLM tokens", ["model", "direction"])
 LLM_ERRORS = Counter("ticket_rag_llm_errors_total", "LLM calls that failed", ["model", "error"])
-WEAVIATE_RESTARTS = Counter("ticket_rag_weaviate_restarts_total", "Times the embedded Weaviate was restarted after it died")
+WEAVIATE_RESTARTS = Counter(
+    "ticket_rag_weaviate_restarts_total", "Times the embedded Weaviate was restarted after it died"
+)
 RATE_LIMITED = Counter("ticket_rag_rate_limited_total", "Requests refused by the rate limiter")
 
 
@@ -51,7 +60,9 @@ class InstrumentedEmbeddings(Embeddings):
         except Exception as exc:
             EMBED_ERRORS.labels(kind).inc()
             logger.warning("the embedding model failed: %s: %s", type(exc).__name__, str(exc)[:500])
-            self.last_error = type(exc).__name__  # /health/ready is unauthenticated: the type only, the message is logged
+            self.last_error = type(
+                exc
+            ).__name__  # /health/ready is unauthenticated: the type only, the message is logged
             raise EmbeddingUnavailable(f"the embedding model failed ({type(exc).__name__}); try again shortly") from exc
         finally:
             EMBED_SECONDS.labels(kind).observe(time.perf_counter() - started)

@@ -298,7 +298,6 @@ class WeaviateSupervisor:
             logger.warning("the embedded Weaviate is back after %.1f s", time.monotonic() - started)
             return
 
-
     def _wait_for_the_client(self, timeout: float = 60.0) -> None:
         self.status = "restarting (reconnecting)"
         deadline = time.monotonic() + timeout

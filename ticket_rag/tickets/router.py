@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, 
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
-from chains.rag import RagOutput
-from ticket_rag.errors import Forbidden, InvalidRequest
-from ticket_rag.api.http_errors import error_responses
+from chains.schemas import RagOutput
 from ticket_rag.api.deps import Admin, RagChainDep, Reader, SettingsDep, StoreDep, TriageDep, Writer
+from ticket_rag.api.http_errors import error_responses
+from ticket_rag.errors import Forbidden, InvalidRequest
+from ticket_rag.tickets.duplicates import explain as explain_duplicates
 from ticket_rag.tickets.schemas import (
     COLLECTION_PATTERN,
     BulkItem,
@@ -35,11 +36,11 @@ from ticket_rag.tickets.schemas import (
     TicketsPublic,
     TicketUpdate,
 )
-from ticket_rag.tickets.duplicates import explain as explain_duplicates
 from ticket_rag.tickets.store import TicketStore, embedded_text, idempotent_uuid
 
-
-CollectionQuery = Annotated[str | None, Query(pattern=COLLECTION_PATTERN, description="Defaults to the default collection.")]
+CollectionQuery = Annotated[
+    str | None, Query(pattern=COLLECTION_PATTERN, description="Defaults to the default collection.")
+]
 
 # Every route needs a key and Weaviate; each ticket route works in a collection that may not exist.
 tickets = APIRouter(prefix="/tickets", tags=["tickets"], responses=error_responses(401, 404, 429, 503))
@@ -57,8 +58,15 @@ def _cap(where: str, field: str, value: int, cap: int) -> None:
     """Reject a count above its configured cap with the same 422 shape as schema validation."""
     if value > cap:
         raise RequestValidationError(
-            [{"type": "less_than_equal", "loc": (where, field), "msg": f"Input should be less than or equal to {cap}",
-              "input": value, "ctx": {"le": cap}}]  # fmt: skip
+            [
+                {
+                    "type": "less_than_equal",
+                    "loc": (where, field),
+                    "msg": f"Input should be less than or equal to {cap}",
+                    "input": value,
+                    "ctx": {"le": cap},
+                }
+            ]
         )
 
 
@@ -72,9 +80,13 @@ def _filters(
     created_before: datetime | None = None,
 ) -> SearchFilters:
     return SearchFilters(
-        priority=priority, status=status_, category=category, tags=tags,
-        created_after=created_after, created_before=created_before,
-    )  # fmt: skip
+        priority=priority,
+        status=status_,
+        category=category,
+        tags=tags,
+        created_after=created_after,
+        created_before=created_before,
+    )
 
 
 FiltersDep = Annotated[SearchFilters, Depends(_filters)]
@@ -84,7 +96,10 @@ FiltersDep = Annotated[SearchFilters, Depends(_filters)]
 
 
 @collections.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=CollectionPublic, responses=error_responses(400, 403, 409, 413)
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CollectionPublic,
+    responses=error_responses(400, 403, 409, 413),
 )
 def create_collection(body: CollectionCreate, store: StoreDep, who: Admin) -> CollectionPublic:
     """Create a collection: an isolated set of tickets (one help desk, product or customer)."""
@@ -125,11 +140,14 @@ def delete_collection(
 IdempotencyKey = Annotated[
     str | None,
     Header(
-        alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
         description="A unique key per create (a UUID, say): a retry with the same key returns the first result "
         "instead of storing the ticket again. Tickets with an external_id are idempotent by it already.",
     ),
-]  # fmt: skip
+]
 REPLAYED = "Idempotent-Replayed"
 
 
@@ -146,7 +164,8 @@ def _first_attempt(
         before = stored.get(ticket_id)
         if before is not None and (before.title, before.description) != (tickets[n].title, tickets[n].description):
             raise InvalidRequest(
-                "this Idempotency-Key was used for a different ticket; send a new key", loc=("header", "Idempotency-Key")
+                "this Idempotency-Key was used for a different ticket; send a new key",
+                loc=("header", "Idempotency-Key"),
             )
     return ids, stored
 
@@ -187,7 +206,9 @@ def create_ticket(
         ticket, created = before[ids[0]], True
         response.headers[REPLAYED] = "true"
     else:
-        stored = store.upsert_many(tickets=[body], collection=collection, vectors=[vector], ids=[ids[0]] if ids else None)[0]
+        stored = store.upsert_many(
+            tickets=[body], collection=collection, vectors=[vector], ids=[ids[0]] if ids else None
+        )[0]
         ticket, created = stored.ticket, stored.created
     similar = [hit for hit in similar if hit.ticket.id != ticket.id][: settings.similar_on_create]
     if not created:
@@ -197,21 +218,29 @@ def create_ticket(
         created=created,
         similar=similar,
         possible_duplicates=explain_duplicates(
-            similar, title=body.title, description=body.description, analyzer=triage.analyzer,
-            vocabulary=triage.vocabulary(collection), threshold=settings.duplicate_threshold,
+            similar,
+            title=body.title,
+            description=body.description,
+            analyzer=triage.analyzer,
+            vocabulary=triage.vocabulary(collection),
+            threshold=settings.duplicate_threshold,
             exclude=ticket.not_duplicates,
-        ),  # fmt: skip
+        ),
         triage=suggestions,
     )
 
 
 @tickets.post("/bulk", response_model=BulkResult, responses=WRITE_ERRORS)
 def bulk_create(
-    body: BulkRequest, store: StoreDep, settings: SettingsDep, response: Response, who: Writer,
+    body: BulkRequest,
+    store: StoreDep,
+    settings: SettingsDep,
+    response: Response,
+    who: Writer,
     idempotency_key: IdempotencyKey = None,
 ) -> BulkResult:
     """Store up to BULK_MAX_BATCH tickets in one embedding pass and one Weaviate batch; idempotent by external_id
-    (or by the Idempotency-Key header for tickets without one)."""  # fmt: skip
+    (or by the Idempotency-Key header for tickets without one)."""
     _cap("body", "tickets", len(body.tickets), settings.bulk_max_batch)
     by_collection: dict[str, list[int]] = {}
     for index, ticket in enumerate(body.tickets):
@@ -222,12 +251,15 @@ def bulk_create(
     for name, indexes in by_collection.items():
         ids, before = (
             _first_attempt(
-                store, collection=name, caller=who.key_id, key=idempotency_key,
+                store,
+                collection=name,
+                caller=who.key_id,
+                key=idempotency_key,
                 tickets={i: body.tickets[i] for i in indexes},
             )
             if idempotency_key
             else ({}, {})
-        )  # fmt: skip
+        )
         items += [BulkItem(index=i, id=ids[i], created=True) for i in indexes if ids.get(i) in before]
         todo = [i for i in indexes if ids.get(i) not in before]
         if not todo:
@@ -257,7 +289,7 @@ def list_tickets(
     """A page of tickets, newest first, filtered by priority, status, category, tags and creation time."""
     _cap("query", "limit", limit, settings.page_max_size)
     _cap("query", "offset", offset, RESULT_WINDOW - limit)
-    page = store.list(
+    page = store.list_tickets(
         collection=who.collection(collection, settings.default_collection), filters=filters, offset=offset, limit=limit
     )
     return TicketsPublic(data=page.tickets, count=page.count, offset=offset, limit=limit)
@@ -270,9 +302,13 @@ def search_tickets(body: SearchRequest, store: StoreDep, settings: SettingsDep, 
     collection = who.collection(body.collection, settings.default_collection)
     alpha = (body.alpha if body.alpha is not None else settings.hybrid_alpha) if body.mode == "hybrid" else None
     hits = store.search(
-        query=body.query, collection=collection, mode=body.mode, limit=body.limit, filters=body.filters,
+        query=body.query,
+        collection=collection,
+        mode=body.mode,
+        limit=body.limit,
+        filters=body.filters,
         alpha=alpha if alpha is not None else settings.hybrid_alpha,
-    )  # fmt: skip
+    )
     return SearchResults(query=body.query, mode=body.mode, collection=collection, alpha=alpha, results=hits)
 
 
@@ -325,10 +361,14 @@ def delete_ticket(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-
 @tickets.post("/{ticket_id}/suggest", response_model=RagOutput, responses=error_responses(504))
 async def suggest_reply(
-    ticket_id: uuid.UUID, request: Request, store: StoreDep, settings: SettingsDep, chain: RagChainDep, who: Reader,
+    ticket_id: uuid.UUID,
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    chain: RagChainDep,
+    who: Reader,
     collection: CollectionQuery = None,
 ) -> Any:
     """Suggest a reply to this ticket from similar resolved or closed tickets, through the RAG chain."""

@@ -34,8 +34,12 @@ Title = Annotated[str, StringConstraints(max_length=300), AfterValidator(clean_t
 LongText = Annotated[str, StringConstraints(max_length=20_000), AfterValidator(clean_text)]
 Description = Annotated[LongText, AfterValidator(not_blank)]
 ShortText = Annotated[str, StringConstraints(max_length=100), AfterValidator(clean_text)]
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(clean_text), AfterValidator(not_blank)]
-ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(clean_text), AfterValidator(not_blank)]
+Tag = Annotated[
+    str, StringConstraints(min_length=1, max_length=50), AfterValidator(clean_text), AfterValidator(not_blank)
+]
+ExternalId = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(clean_text), AfterValidator(not_blank)
+]
 CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
 # What a user asks with: a search query, a RAG question, a retriever query.
 QueryText = Annotated[str, StringConstraints(max_length=2000), AfterValidator(clean_text), AfterValidator(not_blank)]
@@ -67,7 +71,9 @@ class TicketBase(_Strict):
     priority: Priority = Priority.medium
     status: Status = Status.open
     category: ShortText | None = Field(None, examples=["Account"])
-    type: ShortText | None = Field(None, description="The kind of ticket (Incident, Request, ...).", examples=["Incident"])
+    type: ShortText | None = Field(
+        None, description="The kind of ticket (Incident, Request, ...).", examples=["Incident"]
+    )
     tags: list[Tag] = Field(default_factory=list, max_length=20, examples=[["login", "password"]])
     resolution: LongText | None = Field(None, examples=["Cleared the stale session cookie; login works again."])
 
@@ -81,13 +87,15 @@ class TicketCreate(TicketBase):
 class TicketUpdate(_Strict):
     """Only the fields sent change. Category, type and resolution can be cleared with null; the others cannot."""
 
-    title: Title = Field(None)
-    description: Description = Field(None)
-    priority: Priority = Field(None)
-    status: Status = Field(None)
+    # A default of None means "not sent"; an explicit null is still refused by the field's type (pydantic does not
+    # validate defaults). mypy cannot see that idiom, hence the ignores.
+    title: Title = Field(None)  # type: ignore[assignment]
+    description: Description = Field(None)  # type: ignore[assignment]
+    priority: Priority = Field(None)  # type: ignore[assignment]
+    status: Status = Field(None)  # type: ignore[assignment]
     category: ShortText | None = None
     type: ShortText | None = None
-    tags: list[Tag] = Field(None, max_length=20, description="[] removes every tag.")
+    tags: list[Tag] = Field(None, max_length=20, description="[] removes every tag.")  # type: ignore[arg-type]
     resolution: LongText | None = None
 
 
@@ -98,7 +106,9 @@ class TicketPublic(TicketBase):
     created_at: datetime
     updated_at: datetime
     duplicate_of: uuid.UUID | None = Field(None, description="The ticket an agent confirmed this one duplicates.")
-    duplicates: list[uuid.UUID] = Field(default_factory=list, description="Tickets confirmed as duplicates of this one.")
+    duplicates: list[uuid.UUID] = Field(
+        default_factory=list, description="Tickets confirmed as duplicates of this one."
+    )
     not_duplicates: list[uuid.UUID] = Field(
         default_factory=list, description="Tickets an agent rejected as duplicates of this one (no longer suggested)."
     )
@@ -114,14 +124,18 @@ class SearchHit(BaseModel):
 
 class DuplicateHit(SearchHit):
     shared_terms: list[str] = Field(description="The rarest (stemmed) words both tickets use.")
-    why: str = Field(description="Why it was flagged: the similarity against DUPLICATE_THRESHOLD and the shared rare words.")
+    why: str = Field(
+        description="Why it was flagged: the similarity against DUPLICATE_THRESHOLD and the shared rare words."
+    )
 
 
 class TicketCreated(TicketPublic):
     created: bool = Field(description="False when an existing ticket with the same external_id was updated.")
     similar: list[SearchHit]
     possible_duplicates: list[DuplicateHit]
-    triage: Triage | None = Field(None, description="Suggested queue, priority, type and tags; never applied to the ticket.")
+    triage: Triage | None = Field(
+        None, description="Suggested queue, priority, type and tags; never applied to the ticket."
+    )
 
 
 class TriageRequest(_Strict):
@@ -129,7 +143,11 @@ class TriageRequest(_Strict):
     description: Description = Field(examples=["The reset link says it expired."])
     collection: CollectionName | None = Field(None, description="Defaults to the service's default collection.")
     min_confidence: float | None = Field(
-        None, ge=0, le=1, description="Withhold predictions below this confidence (default: each field's floor chosen from the collection)."
+        None,
+        ge=0,
+        le=1,
+        description="Withhold predictions below this confidence "
+        "(default: each field's floor chosen from the collection).",
     )
 
 
@@ -159,12 +177,16 @@ class Triage(BaseModel):
     language: str | None = Field(description="The ticket's language (ISO 639-1), from a small n-gram detector.")
     model: str = Field(description="'linear+vote' once the collection's model is fitted, 'vote' until then.")
     labelled_tickets: int = Field(description="Labelled tickets the model was fitted on.")
-    fields: dict[str, FieldSuggestion] = Field(description="category (queue), priority and type: those the collection labels.")
+    fields: dict[str, FieldSuggestion] = Field(
+        description="category (queue), priority and type: those the collection labels."
+    )
     tags: list[TagSuggestion] = Field(default_factory=list)
 
 
 class DuplicateLink(_Strict):
-    ticket_id: uuid.UUID = Field(description="The other ticket: the original (confirm) or the wrongly suggested one (reject).")
+    ticket_id: uuid.UUID = Field(
+        description="The other ticket: the original (confirm) or the wrongly suggested one (reject)."
+    )
 
 
 class TicketsPublic(BaseModel):

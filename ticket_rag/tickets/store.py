@@ -15,11 +15,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import weaviate
 from langchain_core.embeddings import Embeddings
+from weaviate.classes.aggregate import Metrics
+from weaviate.collections.classes.aggregate import AggregateDate
 from weaviate.classes.config import (
     Configure,
     ConsistencyLevel,
@@ -28,7 +30,6 @@ from weaviate.classes.config import (
     ReplicationDeletionStrategy,
     Tokenization,
 )
-from weaviate.classes.aggregate import Metrics
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery, Sort
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
@@ -164,7 +165,9 @@ class TicketStore:
                     self.class_name,
                     description="ticket-rag support tickets; one tenant per ticket-rag collection",
                     vector_config=Configure.Vectors.self_provided(
-                        vector_index_config=index_config(self.compression, rescore_limit=self.rescore_limit, **self.hnsw),
+                        vector_index_config=index_config(
+                            self.compression, rescore_limit=self.rescore_limit, **self.hnsw
+                        ),
                     ),
                     multi_tenancy_config=Configure.multi_tenancy(
                         enabled=True, auto_tenant_creation=False, auto_tenant_activation=True
@@ -184,16 +187,41 @@ class TicketStore:
                         Property(name="description", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
                         *_term_properties(),
                         Property(name="resolution", data_type=DataType.TEXT, index_searchable=False),
-                        Property(name="priority", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
-                        Property(name="status", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
-                        Property(name="category", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+                        Property(
+                            name="priority",
+                            data_type=DataType.TEXT,
+                            tokenization=Tokenization.FIELD,
+                            index_searchable=False,
+                        ),
+                        Property(
+                            name="status",
+                            data_type=DataType.TEXT,
+                            tokenization=Tokenization.FIELD,
+                            index_searchable=False,
+                        ),
+                        Property(
+                            name="category",
+                            data_type=DataType.TEXT,
+                            tokenization=Tokenization.FIELD,
+                            index_searchable=False,
+                        ),
                         *_added_properties(),
-                        Property(name="tags", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD, index_searchable=False),
-                        Property(name="external_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+                        Property(
+                            name="tags",
+                            data_type=DataType.TEXT_ARRAY,
+                            tokenization=Tokenization.FIELD,
+                            index_searchable=False,
+                        ),
+                        Property(
+                            name="external_id",
+                            data_type=DataType.TEXT,
+                            tokenization=Tokenization.FIELD,
+                            index_searchable=False,
+                        ),
                         Property(name="created_at", data_type=DataType.DATE, index_range_filters=True),
                         Property(name="updated_at", data_type=DataType.DATE),
                     ],
-                )  # fmt: skip
+                )
                 logger.info("created Weaviate collection %s", self.class_name)
             else:
                 warn_if_replication_differs(self.client, self.class_name, self.replication_factor)
@@ -201,8 +229,9 @@ class TicketStore:
                 if add_missing_term_properties(self.client, self.class_name):
                     logger.warning(
                         "added keyword term properties to Weaviate collection %s: keyword and hybrid search find the "
-                        "tickets stored before only after `ticket-rag reindex`", self.class_name,
-                    )  # fmt: skip
+                        "tickets stored before only after `ticket-rag reindex`",
+                        self.class_name,
+                    )
             if not self._collection.tenants.exists(default_collection):
                 self._collection.tenants.create([Tenant(name=default_collection)])
 
@@ -242,7 +271,8 @@ class TicketStore:
             result = self._tenant(collection).aggregate.over_all(
                 total_count=True, return_metrics=Metrics("updated_at").date_(maximum=True)
             )
-        latest = result.properties["updated_at"].maximum if "updated_at" in result.properties else None
+        updated = result.properties.get("updated_at")
+        latest = updated.maximum if isinstance(updated, AggregateDate) else None
         return int(result.total_count or 0), str(latest)
 
     def iterate_labels(self, *, collection: str) -> Iterator[tuple[uuid.UUID, dict[str, Any], list[float]]]:
@@ -250,7 +280,7 @@ class TicketStore:
         properties = ["category", "priority", "type", "tags", *_TERM_PROPERTIES]
         with weaviate_errors(collection):
             for obj in self._tenant(collection).iterator(include_vector=True, return_properties=properties):
-                yield obj.uuid, obj.properties, obj.vector["default"]
+                yield obj.uuid, obj.properties, cast(list[float], obj.vector["default"])
 
     def delete_collection(self, *, name: str) -> None:
         """Drop a collection and every ticket in it."""
@@ -375,7 +405,7 @@ class TicketStore:
         if not result.successful:
             raise TicketNotFound(f"ticket {ticket_id} not found in collection '{collection}'")
 
-    def list(self, *, collection: str, filters: SearchFilters, offset: int, limit: int) -> Page:
+    def list_tickets(self, *, collection: str, filters: SearchFilters, offset: int, limit: int) -> Page:
         """A page of tickets, newest first, and how many match in all."""
         with weaviate_errors(collection):
             result = self._tenant(collection).query.fetch_objects(
@@ -405,9 +435,14 @@ class TicketStore:
         if query_vector is None:
             query_vector = self.embeddings.embed_query(query)
         return self.search_by_vector(
-            query_vector=query_vector, query=query, collection=collection, mode=mode, limit=limit,
-            filters=filters, alpha=alpha,
-        )  # fmt: skip
+            query_vector=query_vector,
+            query=query,
+            collection=collection,
+            mode=mode,
+            limit=limit,
+            filters=filters,
+            alpha=alpha,
+        )
 
     def search_by_vector(
         self,
@@ -428,32 +463,47 @@ class TicketStore:
         with weaviate_errors(collection):
             if mode == "vector":
                 result = tenant.query.near_vector(
-                    near_vector=query_vector, limit=limit, filters=where, return_metadata=MetadataQuery(distance=True),
+                    near_vector=query_vector,
+                    limit=limit,
+                    filters=where,
+                    return_metadata=MetadataQuery(distance=True),
                     return_properties=_PUBLIC_PROPERTIES,
-                )  # fmt: skip
+                )
             elif mode == "keyword":
                 if not terms:  # only stopwords or punctuation: no keyword can match
                     return []
                 result = tenant.query.bm25(
-                    query=terms, query_properties=self.keyword_properties, limit=limit, filters=where,
-                    include_vector=True, return_metadata=MetadataQuery(score=True), return_properties=_PUBLIC_PROPERTIES,
-                )  # fmt: skip
+                    query=terms,
+                    query_properties=self.keyword_properties,
+                    limit=limit,
+                    filters=where,
+                    include_vector=True,
+                    return_metadata=MetadataQuery(score=True),
+                    return_properties=_PUBLIC_PROPERTIES,
+                )
             else:
                 result = tenant.query.hybrid(
-                    query=terms, vector=query_vector, alpha=alpha, fusion_type=HybridFusion.RELATIVE_SCORE,
-                    query_properties=self.keyword_properties, limit=limit, filters=where, include_vector=True,
-                    return_metadata=MetadataQuery(score=True, explain_score=True), return_properties=_PUBLIC_PROPERTIES,
-                )  # fmt: skip
+                    query=terms,
+                    vector=query_vector,
+                    alpha=alpha,
+                    fusion_type=HybridFusion.RELATIVE_SCORE,
+                    query_properties=self.keyword_properties,
+                    limit=limit,
+                    filters=where,
+                    include_vector=True,
+                    return_metadata=MetadataQuery(score=True, explain_score=True),
+                    return_properties=_PUBLIC_PROPERTIES,
+                )
         qv = np.asarray(query_vector, dtype=np.float32)
         hits = []
         for obj in result.objects:
             ticket = _public(obj.uuid, collection, obj.properties)
             if mode == "vector":
-                similarity = 1.0 - float(obj.metadata.distance)
+                similarity = 1.0 - float(obj.metadata.distance or 0.0)
                 score = similarity
             else:
                 similarity = float(np.dot(qv, np.asarray(obj.vector["default"], dtype=np.float32)))
-                score = float(obj.metadata.score)
+                score = float(obj.metadata.score or 0.0)
             explain = (obj.metadata.explain_score or "").strip() or None if mode == "hybrid" else None
             keyword = score if mode == "keyword" else _hybrid_keyword_score(explain)
             hits.append(
@@ -473,11 +523,16 @@ class TicketStore:
 def build_ticket_store(*, settings: Settings, client: weaviate.WeaviateClient, embeddings: Embeddings) -> TicketStore:
     """The ticket store as the settings configure it."""
     return TicketStore(
-        client=client, embeddings=embeddings, class_name=settings.weaviate_class,
-        replication_factor=settings.weaviate_replication_factor, consistency=settings.weaviate_consistency,
-        analyzer=KeywordAnalyzer(settings.keyword_stemmer), title_boost=settings.keyword_title_boost,
-        compression=settings.vector_compression, rescore_limit=settings.vector_rescore_limit,
-    )  # fmt: skip
+        client=client,
+        embeddings=embeddings,
+        class_name=settings.weaviate_class,
+        replication_factor=settings.weaviate_replication_factor,
+        consistency=settings.weaviate_consistency,
+        analyzer=KeywordAnalyzer(settings.keyword_stemmer),
+        title_boost=settings.keyword_title_boost,
+        compression=settings.vector_compression,
+        rescore_limit=settings.vector_rescore_limit,
+    )
 
 
 def add_missing_term_properties(client: weaviate.WeaviateClient, class_name: str) -> bool:
@@ -492,7 +547,12 @@ def add_missing_term_properties(client: weaviate.WeaviateClient, class_name: str
 
 
 def reindex_keywords(
-    client: weaviate.WeaviateClient, *, class_name: str, analyzer: KeywordAnalyzer, collection: str, batch_size: int = 500
+    client: weaviate.WeaviateClient,
+    *,
+    class_name: str,
+    analyzer: KeywordAnalyzer,
+    collection: str,
+    batch_size: int = 500,
 ) -> int:
     """Recompute the keyword terms of every ticket in a collection, keeping its vector; returns how many.
 
@@ -505,8 +565,10 @@ def reindex_keywords(
     with weaviate_errors(collection):
         for obj in tenant.iterator(include_vector=True, return_properties=_PUBLIC_PROPERTIES):
             props = {k: v for k, v in obj.properties.items() if v is not None}
-            props.update(analyzer.properties(title=props.get("title", ""), description=props.get("description", "")))
-            batch.append(weaviate.classes.data.DataObject(properties=props, uuid=obj.uuid, vector=obj.vector["default"]))
+            title, description = str(props.get("title", "")), str(props.get("description", ""))
+            props.update(analyzer.properties(title=title, description=description))
+            vector = cast(list[float], obj.vector["default"])
+            batch.append(weaviate.classes.data.DataObject(properties=props, uuid=obj.uuid, vector=vector))
             if len(batch) >= batch_size:
                 done += _replace(tenant, batch)
                 batch = []
@@ -526,25 +588,32 @@ def _replace(tenant: Collection[Any, Any], objects: list[Any]) -> int:
 
 def _added_properties() -> list[Property]:
     """Properties added after the first release: the ticket type and the duplicate links."""
-    field = {"tokenization": Tokenization.FIELD, "index_searchable": False}
+    field, text, texts = Tokenization.FIELD, DataType.TEXT, DataType.TEXT_ARRAY
     return [
-        Property(name="type", data_type=DataType.TEXT, **field),
-        Property(name="duplicate_of", data_type=DataType.TEXT, **field),
-        Property(name="duplicates", data_type=DataType.TEXT_ARRAY, **field),
-        Property(name="not_duplicates", data_type=DataType.TEXT_ARRAY, **field),
+        Property(name="type", data_type=text, tokenization=field, index_searchable=False),
+        Property(name="duplicate_of", data_type=text, tokenization=field, index_searchable=False),
+        Property(name="duplicates", data_type=texts, tokenization=field, index_searchable=False),
+        Property(name="not_duplicates", data_type=texts, tokenization=field, index_searchable=False),
     ]
 
 
 def _term_properties() -> list[Property]:
     """The stemmed words of title and description, for BM25 only (keywords.py)."""
     return [
-        Property(name=name, data_type=DataType.TEXT, tokenization=Tokenization.WORD, index_filterable=False, skip_vectorization=True)
+        Property(
+            name=name,
+            data_type=DataType.TEXT,
+            tokenization=Tokenization.WORD,
+            index_filterable=False,
+            skip_vectorization=True,
+        )
         for name in _TERM_PROPERTIES
     ]
 
 
 def warn_if_replication_differs(client: weaviate.WeaviateClient, class_name: str, factor: int) -> None:
-    """Log once at start-up when an existing collection keeps another replication factor than WEAVIATE_REPLICATION_FACTOR.
+    """Log once at start-up when an existing collection keeps another replication factor than
+    WEAVIATE_REPLICATION_FACTOR.
 
     Weaviate fixes the factor when a collection is created; ticket-rag does not change it on a live
     collection (that moves every shard), so the operator must (docs/scaling.md).
@@ -553,8 +622,11 @@ def warn_if_replication_differs(client: weaviate.WeaviateClient, class_name: str
     if actual != factor:
         logger.warning(
             "Weaviate collection %s keeps replication factor %d; WEAVIATE_REPLICATION_FACTOR=%d applies only to "
-            "collections created from now on (docs/scaling.md)", class_name, actual, factor,
-        )  # fmt: skip
+            "collections created from now on (docs/scaling.md)",
+            class_name,
+            actual,
+            factor,
+        )
 
 
 @contextmanager

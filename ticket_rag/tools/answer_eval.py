@@ -42,12 +42,13 @@ from langchain_core.embeddings import Embeddings
 from tqdm import tqdm
 
 from chains.evidence import FEATURES, EvidenceModel, fit_logistic, roc_auc
-from chains.rag import cited
-from ticket_rag import answer_metrics as am
+from chains.context import cited
+from ticket_rag.tools import answer_metrics as am
 from ticket_rag.embeddings.cache import CachedEmbeddings
 from ticket_rag.tools.evaluation import BeirDataset, _ingest, load_beir, source_commit, write_report
 from ticket_rag.tools.importer import PRESETS, map_row, read_rows
-from ticket_rag.settings import ConfigError, Settings
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import Settings
 from ticket_rag.tickets.keywords import KeywordAnalyzer
 from ticket_rag.tickets.schemas import TicketCreate
 from ticket_rag.tickets.store import build_ticket_store, ticket_uuid

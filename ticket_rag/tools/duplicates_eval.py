@@ -31,7 +31,8 @@ from langchain_core.embeddings import Embeddings
 
 from ticket_rag.embeddings.cache import CachedEmbeddings
 from ticket_rag.tools.evaluation import source_commit
-from ticket_rag.settings import ConfigError, Settings
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import Settings
 from ticket_rag.tickets.classifier import Vocabulary
 from ticket_rag.tickets.duplicates import KEYWORD_WEIGHT, combined_score, keyword_similarity
 from ticket_rag.tickets.keywords import KeywordAnalyzer

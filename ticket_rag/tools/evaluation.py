@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from ticket_rag.embeddings.cache import CachedEmbeddings
 from ticket_rag.errors import ConfigError
+from ticket_rag.runtime.weaviate import build_weaviate, free_port
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.schemas import (
     COLLECTION_PATTERN,
@@ -55,7 +56,6 @@ from ticket_rag.tickets.schemas import (
     not_blank,
 )
 from ticket_rag.tickets.store import TicketStore, build_ticket_store, embedded_text
-from ticket_rag.runtime.weaviate import build_weaviate, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -166,16 +166,24 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 def load_beir(path: Path, *, split: str = "test") -> BeirDataset:
     """corpus.jsonl, queries.jsonl and qrels/<split>.tsv; only queries with a relevant judgement are kept."""
-    files = {"corpus": path / "corpus.jsonl", "queries": path / "queries.jsonl", "qrels": path / "qrels" / f"{split}.tsv"}
+    files = {
+        "corpus": path / "corpus.jsonl",
+        "queries": path / "queries.jsonl",
+        "qrels": path / "qrels" / f"{split}.tsv",
+    }
     for what, file in files.items():
         if not file.is_file():
             raise ConfigError(f"--dataset {path}: no {what} file at {file} (expected the BEIR layout)")
-    corpus = [BeirDoc(str(d["_id"]), str(d.get("title") or ""), str(d.get("text") or "")) for d in _jsonl(files["corpus"])]
+    corpus = [
+        BeirDoc(str(d["_id"]), str(d.get("title") or ""), str(d.get("text") or "")) for d in _jsonl(files["corpus"])
+    ]
     qrels = {q: j for q, j in read_qrels(files["qrels"]).items() if any(g > 0 for g in j.values())}
     queries = {str(q["_id"]): str(q.get("text") or "") for q in _jsonl(files["queries"])}
     missing = [q for q in qrels if q not in queries]
     if missing:
-        logger.warning("%d judged queries are not in queries.jsonl and are left out (e.g. %s)", len(missing), missing[0])
+        logger.warning(
+            "%d judged queries are not in queries.jsonl and are left out (e.g. %s)", len(missing), missing[0]
+        )
     judged = {q: text for q, text in queries.items() if q in qrels}
     return BeirDataset(name=path.resolve().name, corpus=corpus, queries=judged, qrels={q: qrels[q] for q in judged})
 
@@ -226,9 +234,13 @@ def ticket_from_doc(doc: BeirDoc) -> Mapped:
         parts: tuple[str, str] = (title, text)
     elif (found := _split(full, prefer=len(title))) is not None:
         parts = found
-        notes.append("empty title: split the text" if _blank(title) else
-                     "empty text: split the title" if _blank(text) else
-                     "title over 300 characters: its end moved to the description")  # fmt: skip
+        notes.append(
+            "empty title: split the text"
+            if _blank(title)
+            else "empty text: split the title"
+            if _blank(text)
+            else "title over 300 characters: its end moved to the description"
+        )
     elif len(full) <= TITLE_MAX:
         parts = (full, full)
         notes.append("one word: used as title and description (embedded text doubled)")
@@ -307,7 +319,14 @@ def cross_validate_alpha(results: Sequence[ModeResult]) -> dict[str, Any] | None
     for test, train in (folds, folds[::-1]):
         best = max(hybrids, key=lambda r: _mean([r.per_query_ndcg_at_10[q] for q in train]))
         scores = [best.per_query_ndcg_at_10[q] for q in test]
-        chosen.append({"alpha": best.alpha, "chosen_on": len(train), "tested_on": len(test), "ndcg_at_10": round(_mean(scores), 4)})
+        chosen.append(
+            {
+                "alpha": best.alpha,
+                "chosen_on": len(train),
+                "tested_on": len(test),
+                "ndcg_at_10": round(_mean(scores), 4),
+            }
+        )
         held_out += scores
     return {"folds": chosen, "held_out_ndcg_at_10": round(_mean(held_out), 4)}
 
@@ -326,8 +345,12 @@ def source_commit() -> str | None:
 
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
@@ -390,10 +413,14 @@ def run_eval(
         if collection is None:
             stack.callback(store.delete_collection, name=name)
 
-        ingest = _ingest(store, dataset.corpus, collection=name, batch_size=batch_size, progress=progress, cached=cached)
+        ingest = _ingest(
+            store, dataset.corpus, collection=name, batch_size=batch_size, progress=progress, cached=cached
+        )
         stored = store.count(collection=name)
         if stored != ingest["documents"]:
-            logger.warning("collection %s holds %d tickets, %d documents were ingested", name, stored, ingest["documents"])
+            logger.warning(
+                "collection %s holds %d tickets, %d documents were ingested", name, stored, ingest["documents"]
+            )
         results, embed_seconds = _search(
             store, cached, queries, dataset.qrels, collection=name, modes=modes, progress=progress
         )
@@ -408,7 +435,11 @@ def run_eval(
             "queries_evaluated": len(queries),
             "judgements": sum(len(j) for j in dataset.qrels.values()),
         },
-        "model": {"name": settings.embedding_model, "backend": settings.embedding_backend, "cache_key": cached.cache.path.parent.name},
+        "model": {
+            "name": settings.embedding_model,
+            "backend": settings.embedding_backend,
+            "cache_key": cached.cache.path.parent.name,
+        },
         "keyword": {"stemmer": settings.keyword_stemmer, "title_boost": settings.keyword_title_boost},
         "weaviate": {
             "server": settings.weaviate_url or "embedded",
@@ -483,7 +514,9 @@ def _search(
     modes: Sequence[Mode],
     progress: bool,
 ) -> tuple[list[ModeResult], list[float]]:
-    """Every query through TicketStore.search in every mode (the query embedded once, as the service does per request)."""
+    """Every query through TicketStore.search in every mode (the query embedded once, as the service
+    does per request).
+    """
     per_query: dict[str, list[dict[str, float]]] = {m.label: [] for m in modes}
     seconds: dict[str, list[float]] = {m.label: [] for m in modes}
     embed_seconds: list[float] = []
@@ -495,11 +528,15 @@ def _search(
             for mode in modes:
                 started = time.perf_counter()
                 hits = store.search(
-                    query=text, collection=collection, mode=mode.mode, limit=DEPTH, alpha=mode.alpha,
+                    query=text,
+                    collection=collection,
+                    mode=mode.mode,
+                    limit=DEPTH,
+                    alpha=mode.alpha,
                     query_vector=vector,
-                )  # fmt: skip
+                )
                 seconds[mode.label].append(time.perf_counter() - started)
-                ranking = [h.ticket.external_id for h in hits]
+                ranking = [h.ticket.external_id or "" for h in hits]
                 per_query[mode.label].append(score_ranking(ranking, qrels[query_id]))
             bar.update(1)
     results = []
@@ -561,14 +598,21 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     selection = report.get("alpha_selection")
     if selection:
         folds = "; ".join(
-            f"chosen on {f['chosen_on']} queries: alpha {f['alpha']:g}, nDCG@10 {f['ndcg_at_10']:.4f} on the other {f['tested_on']}"
+            f"chosen on {f['chosen_on']} queries: alpha {f['alpha']:g}, "
+            f"nDCG@10 {f['ndcg_at_10']:.4f} on the other {f['tested_on']}"
             for f in selection["folds"]
         )
-        lines += ["", f"Alpha by 2-fold cross-validation over the queries ({folds}): held-out nDCG@10 "
-                      f"**{selection['held_out_ndcg_at_10']:.4f}**."]  # fmt: skip
+        lines += [
+            "",
+            f"Alpha by 2-fold cross-validation over the queries ({folds}): held-out nDCG@10 "
+            f"**{selection['held_out_ndcg_at_10']:.4f}**.",
+        ]
     model, keyword = report["model"], report.get("keyword") or {}
-    lines += ["", f"Embedding backend `{model.get('backend', 'torch')}`; keyword stemmer `{keyword.get('stemmer', 'none')}`, "
-                  f"title boost {keyword.get('title_boost', 2)}."]  # fmt: skip
+    lines += [
+        "",
+        f"Embedding backend `{model.get('backend', 'torch')}`; keyword stemmer `{keyword.get('stemmer', 'none')}`, "
+        f"title boost {keyword.get('title_boost', 2)}.",
+    ]
     if ing["altered"]:
         lines += ["", f"{len(ing['altered'])} documents were not mapped as plain title/text; see `results.json`."]
     commit = f" at commit {report['commit']}" if report.get("commit") else ""

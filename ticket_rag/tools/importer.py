@@ -105,7 +105,9 @@ def parse_mapping(preset: str | None, pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         name, _, column = pair.partition("=")
         if not column or name not in TicketCreate.model_fields:
-            raise ValueError(f"--map {pair!r}: expected FIELD=COLUMN with FIELD one of {', '.join(TicketCreate.model_fields)}")
+            raise ValueError(
+                f"--map {pair!r}: expected FIELD=COLUMN with FIELD one of {', '.join(TicketCreate.model_fields)}"
+            )
         mapping[name] = column.split("+") if name == "tags" else column
     if not mapping:
         mapping = {name: name for name in TicketCreate.model_fields}
@@ -179,7 +181,9 @@ class Importer:
         key = hashlib.sha256(f"{path.resolve()}\x00{self.collection}".encode()).hexdigest()[:24]
         return self.checkpoint_dir / f"import-{key}.json"
 
-    def run(self, path: Path, mapping: dict[str, Any], *, fmt: str | None = None, restart: bool = False) -> ImportReport:
+    def run(
+        self, path: Path, mapping: dict[str, Any], *, fmt: str | None = None, restart: bool = False
+    ) -> ImportReport:
         """Import a file; rows already acknowledged by an earlier run of the same file are skipped."""
         file_hash = hashlib.sha256(path.read_bytes()).hexdigest()
         checkpoint = self._checkpoint_path(path)

@@ -30,7 +30,8 @@ from ticket_rag.tools.duplicates_eval import embed
 from ticket_rag.embeddings.cache import CachedEmbeddings
 from ticket_rag.tools.evaluation import source_commit
 from ticket_rag.tools.importer import map_row, read_rows
-from ticket_rag.settings import ConfigError, Settings
+from ticket_rag.errors import ConfigError
+from ticket_rag.settings import Settings
 from ticket_rag.tickets.keywords import KeywordAnalyzer
 from ticket_rag.tickets.schemas import TicketCreate
 from ticket_rag.tickets.store import embedded_text

@@ -1,0 +1,74 @@
+"""The answer, sanitised as it streams: citations rewritten, links, images, markup and URLs removed."""
+
+from __future__ import annotations
+
+import re
+
+_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_HTML = re.compile(r"</?[a-z][a-z0-9-]*\b[^>]*>", re.I)  # any HTML element: a client may render the answer
+_URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.I)
+_CITATION = re.compile(r"\[\s*(T\d+(?:\s*[,;]\s*T\d+)*)\s*\]", re.I)
+_TAG = re.compile(r"<[^>]*>")
+_OPEN_LINK = re.compile(r"\[[^\]]*\](?:\([^)]*\)|[^(])", re.S)
+
+
+class AnswerSanitizer:
+    """Rewrites an answer as it streams: [T1] -> the ticket's reference, invented references dropped,
+    links, images and raw URLs removed (a poisoned ticket cannot make the answer exfiltrate data).
+
+    Text is held back only while a construct is still open (a '[' without its end, a partial word).
+    """
+
+    def __init__(self, refs: list[str], *, keep_citations: bool = True, hold_limit: int = 400) -> None:
+        self.refs = refs
+        self.keep_citations = keep_citations
+        self.hold_limit = hold_limit
+        self.buffer = ""
+        self.cited: list[str] = []
+
+    def _cite(self, match: re.Match[str]) -> str:
+        out = []
+        for label in re.split(r"\s*[,;]\s*", match.group(1)):
+            n = int(label[1:])
+            if 1 <= n <= len(self.refs) and self.keep_citations:
+                out.append(f"[{self.refs[n - 1]}]")
+                if self.refs[n - 1] not in self.cited:
+                    self.cited.append(self.refs[n - 1])
+        return " ".join(out)
+
+    def _clean(self, text: str) -> str:
+        text = _IMAGE.sub("", text)
+        text = _LINK.sub(r"\1", text)
+        text = _HTML.sub("", text)
+        text = _URL.sub("[link removed]", text)
+        return _CITATION.sub(self._cite, text)
+
+    def _safe_end(self) -> int:
+        buf = self.buffer
+        end = len(buf)
+        last_space = max(buf.rfind(" "), buf.rfind("\n"))
+        end = min(end, last_space + 1)  # hold the word still being written
+        bracket = buf.rfind("[")
+        if bracket != -1 and not _OPEN_LINK.match(buf, bracket):
+            end = min(end, bracket - 1 if bracket > 0 and buf[bracket - 1] == "!" else bracket)
+        angle = buf.rfind("<")
+        if angle != -1 and ">" not in buf[angle:]:
+            end = min(end, angle)
+        for construct in (_IMAGE, _LINK, _TAG):  # never cut through a complete construct either
+            for match in construct.finditer(buf, 0, end + 200):
+                if match.start() < end < match.end():
+                    end = match.start()
+        if len(buf) - end > self.hold_limit:
+            end = len(buf)
+        return max(end, 0)
+
+    def feed(self, text: str) -> str:
+        self.buffer += text
+        end = self._safe_end()
+        ready, self.buffer = self.buffer[:end], self.buffer[end:]
+        return self._clean(ready) if ready else ""
+
+    def close(self) -> str:
+        ready, self.buffer = self.buffer, ""
+        return self._clean(ready)
