@@ -21,7 +21,6 @@ import numpy as np
 import weaviate
 from langchain_core.embeddings import Embeddings
 from weaviate.classes.aggregate import Metrics
-from weaviate.collections.classes.aggregate import AggregateDate
 from weaviate.classes.config import (
     Configure,
     ConsistencyLevel,
@@ -33,6 +32,7 @@ from weaviate.classes.config import (
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery, Sort
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
+from weaviate.collections.classes.aggregate import AggregateDate
 from weaviate.exceptions import (
     UnexpectedStatusCodeError,
     WeaviateBaseError,
