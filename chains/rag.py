@@ -42,7 +42,7 @@ from chains.schemas import ChatTurn, RagInput, RagOutput
 from chains.sufficiency import Sufficiency, check_sufficiency
 from ticket_rag.embeddings.redaction import keep
 from ticket_rag.errors import CollectionNotFound, InvalidRequest, UpstreamTimeout, UpstreamUnavailable
-from ticket_rag.settings import Settings
+from ticket_rag.settings import setting_default
 from ticket_rag.tickets.keywords import KeywordAnalyzer
 from ticket_rag.tickets.schemas import SearchFilters
 
@@ -64,26 +64,21 @@ WITHHELD = {
 OFFLINE_NOTE = "Answered by the offline fallback model ({model}); check the cited tickets."
 
 
-def _default(name: str) -> Any:
-    """The setting's own default, so the chain built without settings (tests, tools) behaves as served."""
-    return Settings.model_fields[name].default
-
-
 @dataclass(frozen=True)
 class ChainOptions:
-    default_collection: str = _default("default_collection")
-    k: int = _default("rag_k")
-    max_k: int = _default("rag_max_k")
-    min_similarity: float = _default("rag_min_similarity")
-    max_history: int = _default("rag_max_history")
-    alpha: float = _default("rag_alpha")
+    default_collection: str = setting_default("default_collection")
+    k: int = setting_default("rag_k")
+    max_k: int = setting_default("rag_max_k")
+    min_similarity: float = setting_default("rag_min_similarity")
+    max_history: int = setting_default("rag_max_history")
+    alpha: float = setting_default("rag_alpha")
     model: str | None = None
     provider: str | None = None
     offline_fallback: bool = False
     # The evidence gate: escalate when the evidence score (chains/evidence.py) is below the threshold.
     evidence_model: EvidenceModel | None = None
     escalation_threshold: float | None = None
-    keyword_stemmer: str = _default("keyword_stemmer")
+    keyword_stemmer: str = setting_default("keyword_stemmer")
     # Ask a Groq model whether the tickets answer before it writes the answer (chains/sufficiency.py).
     sufficiency_check: bool = False
     # Applied to the question and to the ticket text the LLM sees (ticket_rag.embeddings.redaction.redact with

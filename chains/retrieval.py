@@ -15,6 +15,7 @@ from langchain_weaviate import WeaviateVectorStore
 from pydantic import ConfigDict, Field
 from weaviate.classes.config import ConsistencyLevel
 
+from ticket_rag.settings import setting_default
 from ticket_rag.tickets.keywords import KeywordAnalyzer, keyword_properties
 from ticket_rag.tickets.schemas import SearchFilters
 from ticket_rag.tickets.store import weaviate_errors, weaviate_filter
@@ -51,8 +52,8 @@ class TicketRetriever(BaseRetriever):
 
     # Called per query: the store exists only once the app's Weaviate client is connected.
     vectorstore: Callable[[], WeaviateVectorStore]
-    k: int = 5
-    alpha: float = 1.0
+    k: int = setting_default("rag_k")
+    alpha: float = setting_default("rag_alpha")
     analyzer: KeywordAnalyzer = Field(default_factory=KeywordAnalyzer)
     keyword_properties: list[str] = Field(default_factory=keyword_properties)
 

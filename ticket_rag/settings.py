@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -198,6 +198,12 @@ class Settings(BaseSettings):
     @property
     def embedded_weaviate(self) -> bool:
         return self.weaviate_url is None
+
+
+def setting_default(name: str) -> Any:
+    """A setting's default, for code that can also run without Settings (the chain, the store, the tools), so that
+    there is one default per value and it is this class's."""
+    return Settings.model_fields[name].default
 
 
 def load_settings(**overrides: object) -> Settings:

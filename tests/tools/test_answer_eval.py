@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from server import create_app
 from tests.conftest import DATASETS, _drop_class
 from tests.fakes.groq_server import FakeGroq, Reply
-from tests.test_evaluation import cut_scifact_slice
+from tests.tools.test_evaluation import cut_scifact_slice
 from ticket_rag.tools import answer_metrics as am
 from ticket_rag.tools.answer_eval import cross_validate_escalation, run_answer_eval
 from ticket_rag.tools.cli import main

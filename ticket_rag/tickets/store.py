@@ -50,7 +50,7 @@ from ticket_rag.errors import (
     TicketNotFound,
 )
 from ticket_rag.runtime.metrics import WEAVIATE_ERRORS
-from ticket_rag.settings import Settings
+from ticket_rag.settings import Settings, setting_default
 from ticket_rag.tickets.compression import index_config, warn_if_compression_differs
 from ticket_rag.tickets.keywords import (
     DESCRIPTION_TERMS,
@@ -428,7 +428,7 @@ class TicketStore:
         mode: SearchMode,
         limit: int,
         filters: SearchFilters | None = None,
-        alpha: float = 0.5,
+        alpha: float = setting_default("rag_alpha"),
         query_vector: list[float] | None = None,
     ) -> list[SearchHit]:
         """Ranked tickets for a query. Every hit carries its cosine similarity to the query."""
@@ -453,7 +453,7 @@ class TicketStore:
         mode: SearchMode = "vector",
         query: str = "",
         filters: SearchFilters | None = None,
-        alpha: float = 0.5,
+        alpha: float = setting_default("rag_alpha"),
         exclude: uuid.UUID | None = None,
     ) -> list[SearchHit]:
         """The search itself, for callers that already hold the query vector."""

@@ -48,7 +48,7 @@ from tqdm import tqdm
 from ticket_rag.embeddings.cache import CachedEmbeddings
 from ticket_rag.errors import ConfigError
 from ticket_rag.runtime.weaviate import build_weaviate, free_port
-from ticket_rag.settings import Settings
+from ticket_rag.settings import Settings, setting_default
 from ticket_rag.tickets.schemas import (
     COLLECTION_PATTERN,
     SearchMode,
@@ -268,10 +268,10 @@ def ticket_from_doc(doc: BeirDoc) -> Mapped:
 class Mode:
     label: str
     mode: SearchMode
-    alpha: float = 0.5
+    alpha: float = setting_default("rag_alpha")
 
 
-def parse_mode(text: str, *, default_alpha: float = 0.5) -> Mode:
+def parse_mode(text: str, *, default_alpha: float = setting_default("rag_alpha")) -> Mode:
     """`vector`, `keyword` (or `bm25`), `hybrid` or `hybrid:ALPHA` (1 = pure vector, 0 = pure keyword)."""
     name, _, alpha_text = text.strip().lower().partition(":")
     if name == "vector" and not alpha_text:
