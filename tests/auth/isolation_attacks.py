@@ -166,8 +166,14 @@ def is_collection_slot(name: str | None, schema: dict[str, Any]) -> bool:
     return False
 
 
-def example(schema: dict[str, Any], collection: str, *, name: str | None = None, full: bool = False) -> Any:
-    """A value the schema accepts, `collection` in every collection slot; `full` sets optional fields too."""
+NO_TICKET = str(uuid.UUID(int=1))  # an id no ticket has
+
+
+def example(
+    schema: dict[str, Any], collection: str, *, name: str | None = None, full: bool = False, ticket: str = NO_TICKET
+) -> Any:
+    """A value the schema accepts, `collection` in every collection slot, `ticket` in every id; `full` sets optional
+    fields too."""
     if is_collection_slot(name, schema) and not _is_object(schema):
         is_list = any(o.get("type") == "array" for o in [schema, *schema.get("anyOf", [])])
         return [collection] if is_list else collection
@@ -178,29 +184,29 @@ def example(schema: dict[str, Any], collection: str, *, name: str | None = None,
     for key in ("anyOf", "oneOf"):
         if key in schema:
             options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
-            return example(options[0], collection, name=name, full=full)
+            return example(options[0], collection, name=name, full=full, ticket=ticket)
     if "allOf" in schema:
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
             merged = {**merged, **part, "properties": {**merged.get("properties", {}), **part.get("properties", {})}}
-        return example(merged, collection, name=name, full=full)
+        return example(merged, collection, name=name, full=full, ticket=ticket)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), None)
     if kind == "object" or "properties" in schema:
         required = set(schema.get("required", []))
         return {
-            prop: example(sub, collection, name=prop, full=full)
+            prop: example(sub, collection, name=prop, full=full, ticket=ticket)
             for prop, sub in schema.get("properties", {}).items()
             if prop in required or full or is_collection_slot(prop, sub) or _has_collection_slot(sub)
         }
     if kind == "array":
-        item = example(schema.get("items", {}), collection, name=name, full=full)
+        item = example(schema.get("items", {}), collection, name=name, full=full, ticket=ticket)
         return [item] if full or schema.get("minItems", 0) >= 1 or _has_collection_slot(schema.get("items", {})) else []
     if kind == "string":
         fmt = schema.get("format")
         if fmt == "uuid":
-            return str(uuid.UUID(int=1))
+            return ticket
         if fmt == "date-time":
             return "2025-01-15T09:30:00Z"
         if fmt == "date":
@@ -527,11 +533,11 @@ def nested_object(depth: int = DEPTH) -> str:
 HOSTILE_KINDS = ("non-finite numbers", "huge integers", "deep nesting", "duplicate keys", "encodings")
 
 
-def hostile_bodies(op: Operation, collection: str) -> dict[str, list[tuple[str, bytes]]]:
+def hostile_bodies(op: Operation, collection: str, *, ticket: str = NO_TICKET) -> dict[str, list[tuple[str, bytes]]]:
     """Hostile JSON bodies by kind: hostile values in every field of the body, and hostile whole bodies."""
     assert op.body is not None
-    minimal = example(op.body, collection)
-    full = example(op.body, collection, full=True)
+    minimal = example(op.body, collection, ticket=ticket)
+    full = example(op.body, collection, full=True, ticket=ticket)
     leaves = [p for p in paths_of(full) if not isinstance(get_path(full, p), (dict, list))]
     objects = [p for p in paths_of(full) if isinstance(get_path(full, p), dict)]
     cases: dict[str, list[tuple[str, bytes]]] = {kind: [] for kind in HOSTILE_KINDS}

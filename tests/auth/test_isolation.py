@@ -183,6 +183,7 @@ class World:
     targets: Targets
     guard: Guard
     hostile_ticket: str
+    other_ticket: str  # a body that names a ticket (a duplicate link) names this one
 
 
 @pytest.fixture(scope="module")
@@ -216,8 +217,9 @@ def world(
             assert response.status_code == 200, response.text
             stored[name] = [item["id"] for item in response.json()["items"]]
             bodies.update(zip(stored[name], tickets, strict=True))
-        hostile = client.post(
-            "/tickets/", json={"title": "Hostile JSON target", "description": "x", "collection": "a"}, headers=admin
+        hostile, other = (
+            client.post("/tickets/", json={"title": title, "description": "x", "collection": "a"}, headers=admin)
+            for title in ("Hostile JSON target", "Another ticket of a")
         )
         keys = {role: _key(client, role=level, collections=["a"], name=f"a-{role}") for role, level in ROLES.items()}
         foreign = [
@@ -234,7 +236,13 @@ def world(
         )
         guard = Guard(client=client, b_bodies={i: bodies[i] for i in stored["b"]})
         yield World(
-            mode=mode, client=client, keys=keys, targets=targets, guard=guard, hostile_ticket=hostile.json()["id"]
+            mode=mode,
+            client=client,
+            keys=keys,
+            targets=targets,
+            guard=guard,
+            hostile_ticket=hostile.json()["id"],
+            other_ticket=other.json()["id"],
         )
     _drop_class(settings)
 
@@ -394,20 +402,28 @@ def test_hostile_json_gets_a_4xx_with_detail(world: World, operation: Operation,
     # with `a` (a collection named a) gets a fresh name instead.
     collection = "a"
     control = world.client.request(
-        operation.method, url, params=params, json=example(operation.body, collection), headers=headers
+        operation.method,
+        url,
+        params=params,
+        json=example(operation.body, collection, ticket=world.other_ticket),
+        headers=headers,
     )
     if control.status_code == 409:
         collection = f"h{uuid.uuid4().hex[:12]}"
         control = world.client.request(
-            operation.method, url, params=params, json=example(operation.body, collection), headers=headers
+            operation.method,
+            url,
+            params=params,
+            json=example(operation.body, collection, ticket=world.other_ticket),
+            headers=headers,
         )
     assert 200 <= control.status_code < 300, control.text
-    cases = hostile_bodies(operation, collection)[kind]
+    cases = hostile_bodies(operation, collection, ticket=world.other_ticket)[kind]
     assert cases
     failures = []
     for index, (case, body) in enumerate(cases):
         if collection != "a":  # each body may create what it names: a name of its own
-            case, body = hostile_bodies(operation, f"h{uuid.uuid4().hex[:12]}")[kind][index]
+            case, body = hostile_bodies(operation, f"h{uuid.uuid4().hex[:12]}", ticket=world.other_ticket)[kind][index]
         response = world.client.request(operation.method, url, params=params, content=body, headers=headers)
         try:
             detail = response.json().get("detail")
