@@ -187,37 +187,12 @@ class TicketStore:
                         Property(name="description", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
                         *_term_properties(),
                         Property(name="resolution", data_type=DataType.TEXT, index_searchable=False),
-                        Property(
-                            name="priority",
-                            data_type=DataType.TEXT,
-                            tokenization=Tokenization.FIELD,
-                            index_searchable=False,
-                        ),
-                        Property(
-                            name="status",
-                            data_type=DataType.TEXT,
-                            tokenization=Tokenization.FIELD,
-                            index_searchable=False,
-                        ),
-                        Property(
-                            name="category",
-                            data_type=DataType.TEXT,
-                            tokenization=Tokenization.FIELD,
-                            index_searchable=False,
-                        ),
+                        _exact("priority"),
+                        _exact("status"),
+                        _exact("category"),
                         *_added_properties(),
-                        Property(
-                            name="tags",
-                            data_type=DataType.TEXT_ARRAY,
-                            tokenization=Tokenization.FIELD,
-                            index_searchable=False,
-                        ),
-                        Property(
-                            name="external_id",
-                            data_type=DataType.TEXT,
-                            tokenization=Tokenization.FIELD,
-                            index_searchable=False,
-                        ),
+                        _exact("tags", DataType.TEXT_ARRAY),
+                        _exact("external_id"),
                         Property(name="created_at", data_type=DataType.DATE, index_range_filters=True),
                         Property(name="updated_at", data_type=DataType.DATE),
                     ],
@@ -586,14 +561,18 @@ def _replace(tenant: Collection[Any, Any], objects: list[Any]) -> int:
     return len(objects)
 
 
+def _exact(name: str, data_type: DataType = DataType.TEXT) -> Property:
+    """A property matched whole (filters, exact values), never searched by words."""
+    return Property(name=name, data_type=data_type, tokenization=Tokenization.FIELD, index_searchable=False)
+
+
 def _added_properties() -> list[Property]:
     """Properties added after the first release: the ticket type and the duplicate links."""
-    field, text, texts = Tokenization.FIELD, DataType.TEXT, DataType.TEXT_ARRAY
     return [
-        Property(name="type", data_type=text, tokenization=field, index_searchable=False),
-        Property(name="duplicate_of", data_type=text, tokenization=field, index_searchable=False),
-        Property(name="duplicates", data_type=texts, tokenization=field, index_searchable=False),
-        Property(name="not_duplicates", data_type=texts, tokenization=field, index_searchable=False),
+        _exact("type"),
+        _exact("duplicate_of"),
+        _exact("duplicates", DataType.TEXT_ARRAY),
+        _exact("not_duplicates", DataType.TEXT_ARRAY),
     ]
 
 
