@@ -57,11 +57,15 @@ def weigh_evidence(
     best: dict[int, float] = {}
     for item in ranked:
         best[item.candidate.ticket] = max(best.get(item.candidate.ticket, 0.0), item.match)
+    question_sequence = analyzer.terms(question).split()
+    ticket_sequences = [analyzer.terms(ticket_text(d)).split() for d in docs]
     features = evidence_features(
         similarities=similarities,
-        question_terms=set(analyzer.terms(question).split()),
-        ticket_terms=[set(analyzer.terms(ticket_text(d)).split()) for d in docs],
+        question_terms=set(question_sequence),
+        ticket_terms=[set(seq) for seq in ticket_sequences],
         sentence_best=best,
+        question_sequence=question_sequence,
+        ticket_sequences=ticket_sequences,
     )
     if model is None or not docs:
         return Evidence(ranked, features, None, None, False)
@@ -81,11 +85,15 @@ def escalation_answer(evidence: Evidence, sources: Sequence[dict[str, Any]]) -> 
         lines.append(f"Closest ticket: [{top['ref']}] {top['title']} (similarity {top['score']:.2f}).")
     if evidence.ranked:
         item = evidence.ranked[0]
-        lines.append(f"Closest sentence (holds {item.match:.0%} of the question's weighted words): {item.candidate.text}")
+        lines.append(
+            f"Closest sentence (holds {item.match:.0%} of the question's weighted words): {item.candidate.text}"
+        )
     return "\n".join(lines)
 
 
-def extractive_answer(evidence: Evidence, all_docs: Sequence[Document], kept: Sequence[Document], refs: Sequence[str]) -> str:
+def extractive_answer(
+    evidence: Evidence, all_docs: Sequence[Document], kept: Sequence[Document], refs: Sequence[str]
+) -> str:
     """The best sentences of the kept tickets, resolutions first, each with its ticket's reference."""
     index = {str(d.metadata["id"]): n for n, d in enumerate(kept)}
     ranked = []
@@ -95,7 +103,9 @@ def extractive_answer(evidence: Evidence, all_docs: Sequence[Document], kept: Se
             ranked.append(Ranked(_moved(item, new), item.match, item.score))
     chosen = select(ranked)
     if not chosen:
-        return "\n".join(["The relevant past tickets, with no sentence that answers directly:"] + [f"- [{r}]" for r in refs])
+        return "\n".join(
+            ["The relevant past tickets, with no sentence that answers directly:"] + [f"- [{r}]" for r in refs]
+        )
     return "\n".join(compose(chosen, refs))
 
 

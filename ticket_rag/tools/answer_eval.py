@@ -228,6 +228,8 @@ def _degenerate(answer: str, meta: Mapping[str, Any]) -> str | None:
     guard = meta.get("guard")
     if guard and meta.get("answer_kind") == "generated":
         return f"{guard['kind']}: {guard['detail']} (stopped mid-stream)"
+    if meta.get("answer_kind") in ("extractive", "listing"):
+        return am.quoted_degenerate_reason(answer)
     return am.degenerate_reason(answer)
 
 
