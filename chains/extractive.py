@@ -34,9 +34,10 @@ RESOLUTION_BONUS = 0.05
 TICKET_WEIGHT = 0.2
 # Further sentences must score within this of the best one, so that weak tickets are not cited.
 KEEP_WITHIN = 0.08
-# Lead with the best-matching ticket's whole resolution, then at most MORE_SENTENCES close ones from another.
+# Lead with the best-matching ticket's whole resolution, then at most MORE_SENTENCES close ones from another
+# (chosen on the demo tickets at offset 5: answer-gold cosine 0.705 with 0, 0.712 with 1, 0.715 with 2, 0.718 with 3).
 WHOLE_RESOLUTION = True
-MORE_SENTENCES = 1
+MORE_SENTENCES = 3
 
 
 @dataclass(frozen=True)
