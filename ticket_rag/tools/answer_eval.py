@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import platform
+import re
 import tempfile
 import time
 import uuid
@@ -56,6 +57,7 @@ from ticket_rag.tools.importer import PRESETS, map_row, read_rows
 logger = logging.getLogger(__name__)
 
 QUESTION_MAX = 2000  # RagInput's question limit
+_OFFLINE_NOTE = re.compile(r"Answered by the offline fallback model \([^)]*\); check the cited tickets\.")
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,9 @@ def score_answer(question: Question, out: Mapping[str, Any], corpus: Corpus) -> 
     if escalated:
         record["grounding"], record["ungrounded"] = None, []  # the escalation notice quotes scores, not tickets
     else:
-        record["grounding"], record["ungrounded"] = am.grounding_score(answer, [corpus.text.get(c, "") for c in cites])
+        # The service's own note under a local model's answer names the model file ("…-Q4_1"): not a claim.
+        claims = _OFFLINE_NOTE.sub("", answer)
+        record["grounding"], record["ungrounded"] = am.grounding_score(claims, [corpus.text.get(c, "") for c in cites])
     return record
 
 
