@@ -168,3 +168,14 @@ def test_a_cut_corpus_keeps_the_judged_documents_and_the_closest_distractors() -
     dataset = BeirDataset("toy", corpus, {"q1": "Vitamin D lowers fracture risk"}, {"q1": {"gold": 1}})
     cut = hard_distractors(dataset, ["q1"], per_query=2)
     assert [d.id for d in cut.corpus] == ["gold", "near", "mid"]
+
+
+def test_quoted_answers_are_checked_for_loops_ticket_by_ticket() -> None:
+    listing = (
+        "1. [#aaaaaaaa] Printer (resolved): Restarted the spooler. We appreciate your patience.\n"
+        "2. [#bbbbbbbb] VPN (resolved): Raised the IKE lifetime. We appreciate your patience."
+    )
+    assert am.degenerate_reason(listing) is not None  # the whole-text rule sees a repeated sentence
+    assert am.quoted_degenerate_reason(listing) is None  # two tickets sharing a stock sentence is no loop
+    looping = "- Resolution: Reset it now. Reset it now. Reset it now. Reset it now. [#aaaaaaaa]"
+    assert am.quoted_degenerate_reason(looping) is not None
