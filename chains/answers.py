@@ -57,11 +57,15 @@ def weigh_evidence(
     best: dict[int, float] = {}
     for item in ranked:
         best[item.candidate.ticket] = max(best.get(item.candidate.ticket, 0.0), item.match)
+    question_sequence = analyzer.terms(question).split()
+    ticket_sequences = [analyzer.terms(ticket_text(d)).split() for d in docs]
     features = evidence_features(
         similarities=similarities,
-        question_terms=set(analyzer.terms(question).split()),
-        ticket_terms=[set(analyzer.terms(ticket_text(d)).split()) for d in docs],
+        question_terms=set(question_sequence),
+        ticket_terms=[set(seq) for seq in ticket_sequences],
         sentence_best=best,
+        question_sequence=question_sequence,
+        ticket_sequences=ticket_sequences,
     )
     if model is None or not docs:
         return Evidence(ranked, features, None, None, False)

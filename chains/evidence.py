@@ -13,7 +13,7 @@ Features (all from one retrieval, no extra query):
 - agreement: 1 when the hybrid ranking's first ticket (vector and BM25 fused) is also the best by cosine.
 
 A logistic model turns them into a probability; its weights and threshold are fitted by
-`ticket-rag eval-answers --fit-escalation` (ticket_rag/answer_eval.py) and committed in
+`ticket-rag eval-answers --fit-escalation` (ticket_rag/tools/answer_eval.py) and committed in
 chains/evidence_model.json with how they were chosen (docs/answers.md).
 """
 
@@ -40,6 +40,12 @@ FEATURES = (
     "coverage",
     "rare_coverage",
     "agreement",
+    "best_rare_coverage",
+    "bigram_coverage",
+    "best_bigram_coverage",
+    "unexplained",
+    "cosine_z",
+    "question_terms",
 )
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "evidence_model.json"
 
@@ -50,6 +56,8 @@ def evidence_features(
     question_terms: set[str],
     ticket_terms: Sequence[set[str]],
     sentence_best: Mapping[int, float],
+    question_sequence: Sequence[str] = (),
+    ticket_sequences: Sequence[Sequence[str]] = (),
 ) -> dict[str, float]:
     """The features of one retrieval: hits in the retriever's (hybrid) order, their cosines and stemmed words,
     and the best sentence match of each ticket (by index)."""
@@ -70,6 +78,13 @@ def evidence_features(
     weights = {t: math.log(1 + n / (1 + sum(t in d for d in ticket_terms))) for t in terms}
     total = sum(weights.values())
     rare = sum(w for t, w in weights.items() if t in found) / total if total else 0.0
+    per_ticket = [sum(w for t, w in weights.items() if t in d) / total if total else 0.0 for d in ticket_terms]
+    union = set().union(*ticket_terms) if ticket_terms else set()
+    unexplained = sum(w for t, w in weights.items() if t not in union) / total if total else 0.0
+    pairs = set(zip(question_sequence, question_sequence[1:], strict=False))
+    ticket_pairs = [set(zip(seq, seq[1:], strict=False)) for seq in ticket_sequences]
+    bigram = [len(pairs & tp) / len(pairs) if pairs else 0.0 for tp in ticket_pairs]
+    spread = float(np.std(cos)) if len(cos) > 1 else 0.0
     return {
         "top_cosine": cos[0],
         "margin": cos[0] - second,
@@ -79,6 +94,12 @@ def evidence_features(
         "coverage": coverage,
         "rare_coverage": rare,
         "agreement": 1.0 if top == 0 else 0.0,
+        "best_rare_coverage": max(per_ticket, default=0.0),
+        "bigram_coverage": bigram[top] if bigram else 0.0,
+        "best_bigram_coverage": max(bigram, default=0.0),
+        "unexplained": unexplained,
+        "cosine_z": (cos[0] - float(np.mean(cos))) / spread if spread > 0 else 0.0,
+        "question_terms": math.log1p(len(terms)),
     }
 
 

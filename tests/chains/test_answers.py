@@ -57,7 +57,9 @@ def test_auto_without_a_key_answers_extractively() -> None:
     assert info is not None and info.provider == "extractive" and info.offline_fallback
 
 
-def test_extractive_answer_quotes_the_tickets_with_their_references(extractive: tuple[TestClient, dict[str, Any]]) -> None:
+def test_extractive_answer_quotes_the_tickets_with_their_references(
+    extractive: tuple[TestClient, dict[str, Any]],
+) -> None:
     client, by_ref = extractive
     output = _invoke(client, question="Our invoice was charged twice, how do we get the money back?")
     lines = output["answer"].splitlines()
@@ -73,7 +75,10 @@ def test_extractive_answer_quotes_the_tickets_with_their_references(extractive: 
     assert meta["answer_kind"] == "extractive" and meta["provider"] == "extractive" and not meta["escalated"]
     assert degeneracy(output["answer"]) is None
     # deterministic: the same question gives the same answer
-    assert _invoke(client, question="Our invoice was charged twice, how do we get the money back?")["answer"] == output["answer"]
+    assert (
+        _invoke(client, question="Our invoice was charged twice, how do we get the money back?")["answer"]
+        == output["answer"]
+    )
 
 
 def test_extractive_answer_streams_sources_lines_then_metadata(extractive: tuple[TestClient, dict[str, Any]]) -> None:
@@ -100,7 +105,9 @@ def test_escalation_says_why(settings: Settings, embeddings: Embeddings) -> None
     assert output["sources"] and llm.prompts == []  # the agent still sees the tickets; the model is not asked
 
 
-def test_the_calibrated_gate_answers_a_question_its_ticket_answers(extractive: tuple[TestClient, dict[str, Any]]) -> None:
+def test_the_calibrated_gate_answers_a_question_its_ticket_answers(
+    extractive: tuple[TestClient, dict[str, Any]],
+) -> None:
     client, _ = extractive
     output = _invoke(client, question="The password reset link says it has expired")
     evidence = output["metadata"]["evidence"]
@@ -153,7 +160,11 @@ def test_the_local_model_is_replaced_by_the_extractive_answer_when_it_fails(
     assert out["metadata"]["guard"]["kind"] == kind
     assert out["metadata"]["answer_kind"] == "extractive"
     assert out["answer"].startswith("From past tickets:") and "withheld" in out["answer"]
-    assert "The answer is: The answer is:" not in out["answer"] and "-12-12" not in out["answer"] and "RF-7731" not in out["answer"]
+    assert (
+        "The answer is: The answer is:" not in out["answer"]
+        and "-12-12" not in out["answer"]
+        and "RF-7731" not in out["answer"]
+    )
     assert degeneracy(out["answer"]) is None
 
 

@@ -27,11 +27,16 @@ def checked(settings: Settings, embeddings: Embeddings, fake_groq: FakeGroq) -> 
 
 
 def test_a_negative_verdict_escalates_with_the_models_reason(checked: TestClient, fake_groq: FakeGroq) -> None:
-    fake_groq.then(Reply(chunks=['{"answerable": false, "reason": "the ticket covers expired links, not lost accounts"}']))
+    fake_groq.then(
+        Reply(chunks=['{"answerable": false, "reason": "the ticket covers expired links, not lost accounts"}'])
+    )
     output = checked.post("/rag/invoke", json=QUESTION).json()["output"]
     assert output["metadata"]["answer_kind"] == "escalation" and output["metadata"]["escalated"]
     assert "not lost accounts" in output["answer"] and "escalate" in output["answer"]
-    assert output["metadata"]["sufficiency"] == {"answerable": False, "reason": "the ticket covers expired links, not lost accounts"}
+    assert output["metadata"]["sufficiency"] == {
+        "answerable": False,
+        "reason": "the ticket covers expired links, not lost accounts",
+    }
     assert len(fake_groq.requests) == 1  # no answer was written
     prompt = fake_groq.requests[0].body["messages"][-1]["content"]
     assert "Password reset link expired" in prompt and '"answerable"' in prompt
@@ -62,7 +67,12 @@ def test_a_failing_check_is_the_same_503_as_a_failing_answer(checked: TestClient
 
 @pytest.mark.parametrize(
     ("text", "answerable"),
-    [('{"answerable": true, "reason": "x"}', True), ('Verdict: {"answerable": false}', False), ("no json", None), ('{"answerable": "maybe"}', None)],
+    [
+        ('{"answerable": true, "reason": "x"}', True),
+        ('Verdict: {"answerable": false}', False),
+        ("no json", None),
+        ('{"answerable": "maybe"}', None),
+    ],
 )
 def test_verdicts_are_parsed_strictly(text: str, answerable: bool | None) -> None:
     verdict = parse_sufficiency(text)

@@ -13,14 +13,15 @@ import pytest
 from langchain_core.embeddings import Embeddings
 from pydantic import SecretStr
 
+from chains.evidence import FEATURES
 from server import create_app
 from tests.conftest import DATASETS, _drop_class
 from tests.fakes.groq_server import FakeGroq, Reply
 from tests.tools.test_evaluation import cut_scifact_slice
+from ticket_rag.settings import Settings
 from ticket_rag.tools import answer_metrics as am
 from ticket_rag.tools.answer_eval import cross_validate_escalation, run_answer_eval
 from ticket_rag.tools.cli import main
-from ticket_rag.settings import Settings
 
 TICKETS = DATASETS / "tickets" / "tobi_bueck_en_de.csv"
 
@@ -34,7 +35,9 @@ def test_citations_count_wrong_and_missing_tickets() -> None:
 
 
 def test_grounding_counts_invented_facts() -> None:
-    score, missing = am.grounding_score('Set "idle timeout" to 30 minutes in v2.4 [#aaaaaaaa]', ["idle timeout is 30 minutes since 2.4"])
+    score, missing = am.grounding_score(
+        'Set "idle timeout" to 30 minutes in v2.4 [#aaaaaaaa]', ["idle timeout is 30 minutes since 2.4"]
+    )
     assert score == 1.0 and missing == []
     score, missing = am.grounding_score("Refund 129.95 EUR via form RF-7731 [#aaaaaaaa]", ["Refunded 49.99 EUR."])
     assert score == 0.0 and set(missing) == {"129.95", "RF-7731"}
@@ -53,9 +56,11 @@ def test_escalation_is_cross_validated_by_query() -> None:
     records = []
     for n in range(20):
         for mode, top in (("answerable", 0.7 + n * 0.005), ("unanswerable", 0.5 + n * 0.005)):
-            features = {f: 0.0 for f in ("margin", "gap_to_rest", "best_sentence", "sentence_margin", "coverage", "rare_coverage", "agreement")}
+            features = dict.fromkeys(FEATURES, 0.0)
             features.update(top_cosine=top, margin=(n % 3) / 10)
-            records.append({"id": f"q{n}", "mode": mode, "features": features, "should_escalate": mode == "unanswerable"})
+            records.append(
+                {"id": f"q{n}", "mode": mode, "features": features, "should_escalate": mode == "unanswerable"}
+            )
     cv = cross_validate_escalation(records)
     assert cv is not None and len(cv["folds"]) == 2
     assert all(f["tested_on"] == 20 for f in cv["folds"])
@@ -71,7 +76,9 @@ def _ticket_slice(target: Path, rows: int = 60) -> Path:
     return target
 
 
-def test_extractive_answers_are_cited_grounded_and_clean(settings: Settings, embeddings: Embeddings, tmp_path: Path) -> None:
+def test_extractive_answers_are_cited_grounded_and_clean(
+    settings: Settings, embeddings: Embeddings, tmp_path: Path
+) -> None:
     settings = settings.model_copy(update={"llm_provider": "extractive"})
     try:
         report = run_answer_eval(
@@ -161,3 +168,14 @@ def test_a_cut_corpus_keeps_the_judged_documents_and_the_closest_distractors() -
     dataset = BeirDataset("toy", corpus, {"q1": "Vitamin D lowers fracture risk"}, {"q1": {"gold": 1}})
     cut = hard_distractors(dataset, ["q1"], per_query=2)
     assert [d.id for d in cut.corpus] == ["gold", "near", "mid"]
+
+
+def test_quoted_answers_are_checked_for_loops_ticket_by_ticket() -> None:
+    listing = (
+        "1. [#aaaaaaaa] Printer (resolved): Restarted the spooler. We appreciate your patience.\n"
+        "2. [#bbbbbbbb] VPN (resolved): Raised the IKE lifetime. We appreciate your patience."
+    )
+    assert am.degenerate_reason(listing) is not None  # the whole-text rule sees a repeated sentence
+    assert am.quoted_degenerate_reason(listing) is None  # two tickets sharing a stock sentence is no loop
+    looping = "- Resolution: Reset it now. Reset it now. Reset it now. Reset it now. [#aaaaaaaa]"
+    assert am.quoted_degenerate_reason(looping) is not None

@@ -25,7 +25,9 @@ def cited_refs(answer: str) -> list[str]:
     return list(dict.fromkeys(m.group(1).lower() for m in _CITED.finditer(answer)))
 
 
-def citation_scores(cited: Sequence[str], retrieved: Sequence[str], relevant: set[str] | None) -> dict[str, float | None]:
+def citation_scores(
+    cited: Sequence[str], retrieved: Sequence[str], relevant: set[str] | None
+) -> dict[str, float | None]:
     """Precision: cited tickets that were retrieved (and relevant, when judgements exist). Recall: relevant
     retrieved tickets that are cited. Validity: cited tickets that were retrieved at all."""
     retrieved_set = set(retrieved)
@@ -53,6 +55,21 @@ def degenerate_reason(answer: str) -> str | None:
     """Why this answer is degenerate as the client received it, else None."""
     problem = degeneracy(answer)
     return f"{problem.kind}: {problem.detail}" if problem else None
+
+
+def quoted_degenerate_reason(answer: str) -> str | None:
+    """The same, for an answer that quotes tickets (extractive, listing): each ticket's quoted text is checked
+    on its own, so two tickets that share a stock sentence ("We appreciate your patience.") are not a loop,
+    while a loop inside one ticket's quote, or link debris anywhere, still is."""
+    by_ticket: dict[str, list[str]] = {}
+    for line in answer.split("\n"):
+        refs = cited_refs(line)
+        by_ticket.setdefault(refs[0] if refs else "", []).append(line)
+    for lines in by_ticket.values():
+        reason = degenerate_reason("\n".join(lines))
+        if reason:
+            return reason
+    return None
 
 
 _REFUSAL = re.compile(
@@ -103,7 +120,9 @@ def threshold_curve(risk: Sequence[float], should: Sequence[bool], points: int =
     for threshold in np.linspace(0.0, 1.0, points):
         escalated = [1 - r < threshold for r in risk]
         s = escalation_scores(escalated, should, risk)
-        rows.append({"threshold": round(float(threshold), 2), "precision": s["precision"], "recall": s["recall"], "f1": s["f1"]})
+        rows.append(
+            {"threshold": round(float(threshold), 2), "precision": s["precision"], "recall": s["recall"], "f1": s["f1"]}
+        )
     return rows
 
 

@@ -170,6 +170,7 @@ def cmd_eval_answers(args: argparse.Namespace, settings: Settings) -> int:
         tickets_csv=Path(args.tickets) if args.tickets else None,
         limit=args.limit,
         holdout_every=args.holdout_every,
+        holdout_offset=args.holdout_offset,
         distractors=args.distractors,
         fit=args.fit_escalation,
         evidence_model_out=Path(args.evidence_model_out) if args.evidence_model_out else None,
@@ -300,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--output", required=True, help="the folder for results.json and results.md")
     ea.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N queries / held-out tickets of each")
     ea.add_argument("--holdout-every", type=int, default=10, metavar="N", help="every Nth ticket is a question (10)")
+    ea.add_argument(
+        "--holdout-offset", type=int, default=0, metavar="R",
+        help="questions are the tickets at R, R+N, ... (0; tune on another R, report on 0)",
+    )  # fmt: skip
     ea.add_argument(
         "--distractors", type=int, default=None, metavar="N",
         help="ingest only the asked queries' judged documents and each one's N best BM25 matches (default: the whole corpus)",
