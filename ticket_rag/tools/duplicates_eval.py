@@ -315,7 +315,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"{report['configured_threshold']:g}. Signals: `cosine` (what POST /tickets/ compares), `cosine+keyword` "
         f"(cosine + {report['keyword_weight']:g} x TF-IDF cosine of the stemmed terms).",
         "",
-        "Threshold chosen by cross-validation on the GitBugs dev pairs (F1-best threshold of the other folds, tested on the held-out fold):",
+        "Threshold chosen by cross-validation on the GitBugs dev pairs "
+        "(F1-best threshold of the other folds, tested on the held-out fold):",
         "",
         "| signal | fold thresholds | held-out P | held-out R | held-out F1 | threshold on all dev pairs |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
@@ -323,7 +324,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     for signal, sel in report["selection"].items():
         h = sel["held_out"]
         lines.append(
-            f"| {signal} | {', '.join(f'{t:.3f}' for t in sel['fold_thresholds'])} | {f(h['precision'])} | {f(h['recall'])} "
+            f"| {signal} | {', '.join(f'{t:.3f}' for t in sel['fold_thresholds'])} "
+            f"| {f(h['precision'])} | {f(h['recall'])} "
             f"| {f(h['f1'])} | {sel['threshold_on_all']:.3f} |"
         )
     lines += [
@@ -339,8 +341,9 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             ):
                 m = r[which]
                 lines.append(
-                    f"| {signal} | {name} | {threshold:.3f} | {f(m['average_precision'])} | {f(m.get('mean_average_precision', '—'))} "
-                    f"| {f(m['precision'])} | {f(m['recall'])} | {f(m['f1'])} | {m['flagged']} | {f(m.get('recall_at_5', '—'))} |"
+                    f"| {signal} | {name} | {threshold:.3f} | {f(m['average_precision'])} "
+                    f"| {f(m.get('mean_average_precision', '—'))} | {f(m['precision'])} | {f(m['recall'])} "
+                    f"| {f(m['f1'])} | {m['flagged']} | {f(m.get('recall_at_5', '—'))} |"
                 )
     sizes = "; ".join(
         f"{name}: {s['items']} items, {s['duplicates']} duplicates" for name, s in report["sizes"].items()
@@ -351,9 +354,10 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     if info.get("sample_per_project"):
         lines += [
             "",
-            f"Ranking form on a sample: every query and duplicate plus {info['sample_per_project']} seeded random reports per "
-            f"project ({info['documents']} of {info['corpus']} reports embedded); each sampled non-duplicate counts for the "
-            "project's non-duplicates it stands for, so precision, AP and `flagged` estimate the whole corpus; recall@5 "
+            f"Ranking form on a sample: every query and duplicate plus {info['sample_per_project']} seeded random "
+            f"reports per project ({info['documents']} of {info['corpus']} reports embedded); each sampled "
+            "non-duplicate counts for the project's non-duplicates it stands for, so precision, AP and `flagged` "
+            "estimate the whole corpus; recall@5 "
             "does not (fewer reports compete for the top 5), so it is optimistic.",
         ]
     lines += ["", f"Run {report['started_at']} to {report['finished_at']}{commit}.", ""]
