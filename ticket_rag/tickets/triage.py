@@ -46,7 +46,7 @@ class TriageParams:
     tfidf_weight: float = classifier.TFIDF_WEIGHT
     l2: float = classifier.L2
     iterations: int = classifier.ITERATIONS
-    blend_vote: float = 0.3  # the vote's weight in the blend with the linear model
+    blend_vote: float = 0.5  # the vote's weight in the blend with the linear model (nested CV, docs/triage.md)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TriageParams:
