@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     default_collection: str = "default"
 
     # Tickets and search
-    duplicate_threshold: float = Field(0.85, ge=0, le=1)
+    # Chosen by 5-fold cross-validation on the GitBugs dev pairs (`ticket-rag eval-duplicates`, docs/triage.md).
+    duplicate_threshold: float = Field(0.63, ge=0, le=1)
     similar_on_create: int = Field(5, ge=0, le=50)
     search_max_limit: int = Field(100, ge=1, le=1000)
     page_max_size: int = Field(200, ge=1, le=10000)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ticket_rag.tools.duplicates_eval import average_precision, best_threshold, prf
 from ticket_rag.tickets import classifier
 from ticket_rag.tickets.triage import floor_for
+from ticket_rag.tools.duplicates_eval import average_precision, best_threshold, prf
 from ticket_rag.tools.triage_eval import accuracy_at_coverage, expected_calibration_error, macro_f1
 
 
@@ -64,3 +64,13 @@ def test_duplicate_metrics_and_threshold_choice() -> None:
     assert prf(scores, labels, 0.75) == {"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "flagged": 2}
     # F1 at 0.55 (all three duplicates, one false flag) is 6/7 > 0.8: the cut lies halfway between 0.5 and 0.6.
     assert np.isclose(best_threshold(scores, labels), 0.55)
+
+
+def test_sampled_non_duplicates_count_for_the_reports_they_stand_for() -> None:
+    # One sampled non-duplicate standing for 10 reports: a false flag costs 10, not 1.
+    scores, labels = np.array([0.9, 0.8, 0.7]), np.array([1, 0, 1])
+    weight = np.array([1.0, 10.0, 1.0])
+    flagged = prf(scores, labels, 0.75, weight)
+    assert flagged["precision"] == 1 / 11 and flagged["recall"] == 0.5 and flagged["flagged"] == 11
+    assert np.isclose(average_precision(scores, labels, weight), (1 + 2 / 12) / 2)
+    assert np.isclose(average_precision(scores, labels), (1 + 2 / 3) / 2)

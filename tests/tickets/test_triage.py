@@ -51,7 +51,13 @@ TYPES = {"Billing": "Request", "Network": "Incident", "Account": "Request"}
 def _seed(client: TestClient, collection: str, *, with_type: bool = True) -> None:
     assert client.post("/collections", json={"name": collection}).status_code == 201
     tickets = [
-        {"title": t, "description": d, "category": queue, "tags": [queue.lower()], **({"type": TYPES[queue]} if with_type else {})}
+        {
+            "title": t,
+            "description": d,
+            "category": queue,
+            "tags": [queue.lower()],
+            **({"type": TYPES[queue]} if with_type else {}),
+        }
         for queue, rows in QUEUES.items()
         for t, d in rows
     ]
@@ -94,7 +100,9 @@ def test_triage_suggests_the_queue_from_labelled_tickets_and_stores_nothing(tria
 
 def test_triage_abstains_below_the_floor_and_skips_unlabelled_fields(triage_client: TestClient) -> None:
     _seed(triage_client, "notypes", with_type=False)
-    result = _triage(triage_client, "Internet slow", "Everything online is slow today.", collection="notypes", min_confidence=0.999)
+    result = _triage(
+        triage_client, "Internet slow", "Everything online is slow today.", collection="notypes", min_confidence=0.999
+    )
     # No ticket has a type, and every priority is the default: neither is predicted.
     assert set(result["fields"]) == {"category"}
     queue = result["fields"]["category"]
@@ -114,10 +122,15 @@ def test_german_ticket_is_detected_as_german(triage_client: TestClient) -> None:
 def test_model_is_refitted_when_labels_change(triage_client: TestClient) -> None:
     _seed(triage_client, "relabel")
     text = ("Charged twice", "Our card was billed two times for one order.")
-    assert _triage(triage_client, *text, collection="relabel", min_confidence=0)["fields"]["category"]["value"] == "Billing"
+    assert (
+        _triage(triage_client, *text, collection="relabel", min_confidence=0)["fields"]["category"]["value"]
+        == "Billing"
+    )
     page = triage_client.get("/tickets/", params={"collection": "relabel", "category": "Billing", "limit": 50}).json()
     for ticket in page["data"]:
-        response = triage_client.patch(f"/tickets/{ticket['id']}", params={"collection": "relabel"}, json={"category": "Finance"})
+        response = triage_client.patch(
+            f"/tickets/{ticket['id']}", params={"collection": "relabel"}, json={"category": "Finance"}
+        )
         assert response.status_code == 200
     result = _triage(triage_client, *text, collection="relabel", min_confidence=0)
     assert result["fields"]["category"]["value"] == "Finance"
@@ -145,7 +158,10 @@ def test_bad_triage_input_is_a_422_naming_the_field(triage_client: TestClient) -
     response = triage_client.post("/tickets/triage", json={"title": " ", "description": "y"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "title"]
-    assert triage_client.post("/tickets/triage", json={"title": "x", "description": "y", "collection": "nope"}).status_code == 404
+    assert (
+        triage_client.post("/tickets/triage", json={"title": "x", "description": "y", "collection": "nope"}).status_code
+        == 404
+    )
 
 
 def test_possible_duplicates_say_why_and_agents_confirm_or_reject(triage_client: TestClient) -> None:
@@ -176,11 +192,29 @@ def test_possible_duplicates_say_why_and_agents_confirm_or_reject(triage_client:
     assert self_link.json()["detail"][0]["loc"] == ["body", "ticket_id"]
 
 
+def test_a_reworded_report_is_flagged_at_the_default_threshold(triage_client: TestClient) -> None:
+    # The pair the issue found missed at the old 0.85: same problem, different words.
+    def create(title: str, description: str) -> dict:  # type: ignore[type-arg]
+        return triage_client.post("/tickets/", json={"title": title, "description": description}).json()  # type: ignore[no-any-return]
+
+    original = create("Cannot log in after password reset", "Since the reset the login page rejects me.")
+    reworded = create("Login fails after I changed my password", "I can no longer sign in since changing it.")
+    assert [hit["ticket"]["id"] for hit in reworded["possible_duplicates"]] == [original["id"]]
+    unrelated = create("Invoice shows the wrong VAT rate", "Invoice 2231 charges 19% VAT instead of 7%.")
+    assert unrelated["possible_duplicates"] == []
+
+
 def test_links_survive_a_reimport_of_the_same_ticket(triage_client: TestClient) -> None:
-    a = triage_client.post("/tickets/", json={"title": "VPN drops", "description": "Every hour.", "external_id": "A"}).json()
-    b = triage_client.post("/tickets/", json={"title": "VPN keeps dropping", "description": "Hourly.", "external_id": "B"}).json()
+    a = triage_client.post(
+        "/tickets/", json={"title": "VPN drops", "description": "Every hour.", "external_id": "A"}
+    ).json()
+    b = triage_client.post(
+        "/tickets/", json={"title": "VPN keeps dropping", "description": "Hourly.", "external_id": "B"}
+    ).json()
     assert triage_client.post(f"/tickets/{b['id']}/duplicate-of", json={"ticket_id": a["id"]}).status_code == 200
-    again = triage_client.post("/tickets/", json={"title": "VPN keeps dropping", "description": "Hourly!", "external_id": "B"})
+    again = triage_client.post(
+        "/tickets/", json={"title": "VPN keeps dropping", "description": "Hourly!", "external_id": "B"}
+    )
     assert again.status_code == 200
     assert again.json()["duplicate_of"] == a["id"]
 
@@ -191,8 +225,12 @@ def test_triage_and_duplicate_routes_respect_roles_and_scopes(settings: Settings
     with TestClient(create_app(settings, embeddings=embeddings)) as client:
         admin = {"X-API-Key": admin_key}
         assert client.post("/collections", json={"name": "acme"}, headers=admin).status_code == 201
-        a = client.post("/tickets/", json={"title": "A", "description": "a", "collection": "acme"}, headers=admin).json()
-        b = client.post("/tickets/", json={"title": "B", "description": "b", "collection": "acme"}, headers=admin).json()
+        a = client.post(
+            "/tickets/", json={"title": "A", "description": "a", "collection": "acme"}, headers=admin
+        ).json()
+        b = client.post(
+            "/tickets/", json={"title": "B", "description": "b", "collection": "acme"}, headers=admin
+        ).json()
 
         def key(role: int, collection: str) -> dict[str, str]:
             body = {"name": "t", "role": role, "collections": [collection]}

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Tuned by k-fold cross-validation on the demo tickets (docs/triage.md); kept as named defaults.
+# Starting values, not tuned on data; a nested cross-validation of L2 and the blend is in docs/triage.md.
 KNN_K = 10
 KNN_POWER = 4.0  # a neighbour's vote weighs similarity ** KNN_POWER
 TFIDF_FEATURES = 3000  # the most frequent terms (document frequency >= 2) that become features
 TFIDF_WEIGHT = 1.0  # the TF-IDF block's scale against the (unit-length) vector
-L2 = 1e-3  # the penalty of the logistic regression, per example
-ITERATIONS = 300
+L2 = 1e-4  # the penalty of the logistic regression, per example (nested CV, docs/triage.md)
+ITERATIONS = 500
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,11 @@ class Sparse:
 
     def rows(self, selected: Sequence[int] | np.ndarray) -> Sparse:
         starts, ends = self.indptr[selected], self.indptr[np.asarray(selected) + 1]
-        pick = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)]) if len(starts) else np.array([], dtype=np.int64)
+        pick = (
+            np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
+            if len(starts)
+            else np.array([], dtype=np.int64)
+        )
         indptr = np.concatenate([[0], np.cumsum(ends - starts)])
         return Sparse(indptr=indptr, indices=self.indices[pick], data=self.data[pick], width=self.width)
 
@@ -137,7 +141,9 @@ class Design:
         return np.vstack([top, self.sparse.tdot(values)]) if self.sparse is not None else top
 
 
-def features(vectors: np.ndarray, terms: Sequence[str], vocabulary: Vocabulary | None, *, tfidf_weight: float) -> Design:
+def features(
+    vectors: np.ndarray, terms: Sequence[str], vocabulary: Vocabulary | None, *, tfidf_weight: float
+) -> Design:
     """The vector and a constant 1 (dense), and the weighted TF-IDF of the terms (sparse)."""
     dense = np.hstack([np.asarray(vectors, dtype=np.float32), np.ones((len(vectors), 1), dtype=np.float32)])
     sparse = None
@@ -219,7 +225,9 @@ def vote(similarities: Sequence[float], labels: Sequence[str | None], *, power: 
     return {label: weight / mass for label, weight in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
-def tag_scores(similarities: Sequence[float], tags: Sequence[Sequence[str]], *, power: float = KNN_POWER) -> dict[str, float]:
+def tag_scores(
+    similarities: Sequence[float], tags: Sequence[Sequence[str]], *, power: float = KNN_POWER
+) -> dict[str, float]:
     """For each tag among the neighbours, the similarity-weighted share of neighbours that carry it."""
     weights = [max(float(s), 0.0) ** power for s in similarities]
     mass = sum(weights)

@@ -38,7 +38,7 @@ MIN_PER_FIELD = 2  # distinct labels a field needs before it is predicted at all
 
 @dataclass(frozen=True)
 class TriageParams:
-    """The knobs of triage; the defaults were chosen by k-fold cross-validation (docs/triage.md)."""
+    """The knobs of triage (starting values; what cross-validation showed about them is in docs/triage.md)."""
 
     k: int = classifier.KNN_K
     power: float = classifier.KNN_POWER
@@ -46,7 +46,7 @@ class TriageParams:
     tfidf_weight: float = classifier.TFIDF_WEIGHT
     l2: float = classifier.L2
     iterations: int = classifier.ITERATIONS
-    blend_vote: float = 0.3  # the vote's weight in the blend with the linear model
+    blend_vote: float = 0.5  # the vote's weight in the blend with the linear model (nested CV, docs/triage.md)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TriageParams:
@@ -247,7 +247,9 @@ class TriageService:
         self._checked[collection] = now
         if current is None and wait or self.refresh_seconds == 0:
             return self._refit(collection)
-        threading.Thread(target=self._refit_quietly, args=(collection,), daemon=True, name=f"triage-{collection}").start()
+        threading.Thread(
+            target=self._refit_quietly, args=(collection,), daemon=True, name=f"triage-{collection}"
+        ).start()
         return current
 
     def vocabulary(self, collection: str) -> classifier.Vocabulary | None:
@@ -293,7 +295,9 @@ class TriageService:
         if learned and len(terms) >= SERVICE_FOLDS * 10:
             oof = out_of_fold(vectors=x, terms=terms, labels=learned, folds=SERVICE_FOLDS, params=self.params)
             for name, truth in learned.items():
-                pairs = [(p.confidence, p.value == t) for p, t in zip(oof[name]["blend"], truth, strict=True) if p and t]
+                pairs = [
+                    (p.confidence, p.value == t) for p, t in zip(oof[name]["blend"], truth, strict=True) if p and t
+                ]
                 confidence = np.array([c for c, _ in pairs])
                 correct = np.array([ok for _, ok in pairs], dtype=np.float64)
                 floors[name] = floor_for(confidence, correct, self.target) if pairs else None
@@ -363,13 +367,21 @@ class TriageService:
             if label is not None
         ]
         if prediction is None:
-            return FieldSuggestion(value=None, confidence=None, floor=min_confidence, reason="no similar ticket carries this field", evidence=evidence)
+            return FieldSuggestion(
+                value=None,
+                confidence=None,
+                floor=min_confidence,
+                reason="no similar ticket carries this field",
+                evidence=evidence,
+            )
         alternatives = {k: round(v, 4) for k, v in list(prediction.scores.items())[1:4]}
         confidence = round(prediction.confidence, 4)
         floor, reason = min_confidence, None
         if floor is None:
             if current is None or name not in current.floors:
-                reason = "too few labelled tickets to choose a confidence floor; send min_confidence to see the best guess"
+                reason = (
+                    "too few labelled tickets to choose a confidence floor; send min_confidence to see the best guess"
+                )
             else:
                 floor = current.floors[name]
                 if floor is None:
@@ -390,4 +402,3 @@ class TriageService:
 def _field(ticket: Any, name: str) -> str | None:
     value = getattr(ticket, name, None)
     return None if value in (None, "") else str(getattr(value, "value", value))
-

@@ -15,8 +15,8 @@ logger = logging.getLogger("ticket_rag")
 
 def _prepare(settings: Settings) -> None:
     """Fetch and verify what the service needs before it starts: Weaviate, the embedding model, the local LLM."""
-    from ticket_rag.runtime.artifacts import ensure_weaviate_binary
     from ticket_rag.embeddings.model import prepare_embeddings
+    from ticket_rag.runtime.artifacts import ensure_weaviate_binary
 
     if settings.embedded_weaviate and settings.weaviate_binary is None:
         ensure_weaviate_binary(settings.cache_dir, settings.weaviate_version)
@@ -149,7 +149,10 @@ def cmd_eval_duplicates(args: argparse.Namespace, settings: Settings) -> int:
 
     from ticket_rag.tools.duplicates_eval import markdown_report, run_duplicates_eval, write_report
 
-    report = run_duplicates_eval(dataset_dir=Path(args.dataset), settings=settings, folds=args.folds, ranking=not args.pairs_only)
+    report = run_duplicates_eval(
+        dataset_dir=Path(args.dataset), settings=settings, folds=args.folds, ranking=not args.pairs_only,
+        ranking_sample=args.ranking_sample,
+    )  # fmt: skip
     if args.output:
         write_report(report, Path(args.output))
     print(markdown_report(report))
@@ -182,9 +185,9 @@ def cmd_eval_answers(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     """Recompute the keyword terms of stored tickets (after an upgrade, or after KEYWORD_STEMMER changed)."""
     from ticket_rag.errors import CollectionNotFound, StoreUnavailable
+    from ticket_rag.runtime.weaviate import build_weaviate
     from ticket_rag.tickets.keywords import KeywordAnalyzer
     from ticket_rag.tickets.store import add_missing_term_properties, reindex_keywords
-    from ticket_rag.runtime.weaviate import build_weaviate
 
     client, embedded = build_weaviate(settings)
     try:
@@ -208,22 +211,27 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_compress(args: argparse.Namespace, settings: Settings) -> int:
     """Turn on VECTOR_COMPRESSION for the Weaviate collection that already holds the tickets (in place)."""
+    from ticket_rag.runtime.weaviate import build_weaviate
     from ticket_rag.tickets.compression import (
         CompressionChangeRefused,
         current_compression,
         enable_compression,
         wait_until_compressed,
     )
-    from ticket_rag.runtime.weaviate import build_weaviate
 
     client, embedded = build_weaviate(settings)
     try:
         if not client.collections.exists(settings.weaviate_class):
-            raise ConfigError(f"no Weaviate collection {settings.weaviate_class}: a new one is created with VECTOR_COMPRESSION")
+            raise ConfigError(
+                f"no Weaviate collection {settings.weaviate_class}: a new one is created with VECTOR_COMPRESSION"
+            )
         before = current_compression(client, settings.weaviate_class)
         try:
             changed = enable_compression(
-                client, settings.weaviate_class, settings.vector_compression, rescore_limit=settings.vector_rescore_limit
+                client,
+                settings.weaviate_class,
+                settings.vector_compression,
+                rescore_limit=settings.vector_rescore_limit,
             )
         except CompressionChangeRefused as exc:
             raise ConfigError(str(exc)) from None
@@ -232,7 +240,9 @@ def cmd_compress(args: argparse.Namespace, settings: Settings) -> int:
                   "compressing the stored vectors (searches keep working meanwhile)", flush=True)  # fmt: skip
             left = wait_until_compressed(client, settings.weaviate_class, timeout=args.wait)
             if left:
-                print(f"still compressing after {args.wait:.0f} s: {', '.join(left)} (Weaviate goes on in the background)")
+                print(
+                    f"still compressing after {args.wait:.0f} s: {', '.join(left)} (Weaviate goes on in the background)"
+                )
             else:
                 print("every loaded collection is compressed; the others are compressed when they next load")
         else:
@@ -273,12 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ev.add_argument("--limit-queries", type=int, default=None, metavar="N", help="only the first N judged queries")
     ev.add_argument(
-        "--collection", default=None, help="ingest into this collection and keep it (default: a fresh one, dropped at the end)"
+        "--collection",
+        default=None,
+        help="ingest into this collection and keep it (default: a fresh one, dropped at the end)",
     )
     ev.add_argument("--data-dir", default=None, help="the embedded Weaviate's data folder (default: a temporary one)")
     ev.add_argument("--batch-size", type=int, default=64, help="documents per upsert_many call")
     ev.set_defaults(func=cmd_eval)
-    tr = sub.add_parser("eval-triage", help="k-fold quality of queue, priority, type and tag suggestions on a labelled file")
+    tr = sub.add_parser(
+        "eval-triage", help="k-fold quality of queue, priority, type and tag suggestions on a labelled file"
+    )
     tr.add_argument("file", help="CSV or JSONL, mapped like `import`")
     tr.add_argument("--preset", choices=["tobi_bueck", "suraj520"], default=None, help="a known dataset's mapping")
     tr.add_argument("--map", action="append", metavar="FIELD=COLUMN", help="map a ticket field to a column; tags=a+b")
@@ -286,20 +300,35 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--folds", type=int, default=5)
     tr.add_argument("--output", default=None, help="a folder for results.json and results.md")
     tr.set_defaults(func=cmd_eval_triage)
-    du = sub.add_parser("eval-duplicates", help="duplicate detection on labelled pairs and queries (DUPLICATE_THRESHOLD)")
+    du = sub.add_parser(
+        "eval-duplicates", help="duplicate detection on labelled pairs and queries (DUPLICATE_THRESHOLD)"
+    )
     du.add_argument(
         "--dataset", default="../shared/datasets/duplicates",
         help="a folder with gitbugs/ (corpus.jsonl, dev_queries.tsv, dev_pairs.tsv) and/or askubuntu/dev_pairs.tsv",
     )  # fmt: skip
     du.add_argument("--folds", type=int, default=5, help="folds for choosing the threshold by cross-validation")
     du.add_argument("--pairs-only", action="store_true", help="skip the ranking form (embeds the whole GitBugs corpus)")
+    du.add_argument(
+        "--ranking-sample", type=int, default=None, metavar="N",
+        help="rank against N sampled reports per project (plus every query and duplicate), non-duplicates reweighted",
+    )  # fmt: skip
     du.add_argument("--output", default=None, help="a folder for results.json and results.md")
     du.set_defaults(func=cmd_eval_duplicates)
     ea = sub.add_parser("eval-answers", help="answer quality of the RAG chain as served (the configured LLM_PROVIDER)")
-    ea.add_argument("--beir", default=None, metavar="DIR", help="a BEIR folder: each judged query asked answerable and unanswerable")
-    ea.add_argument("--tickets", default=None, metavar="CSV", help="a ticket CSV (tobi_bueck columns): held-out tickets as questions")
+    ea.add_argument(
+        "--beir", default=None, metavar="DIR", help="a BEIR folder: each judged query asked answerable and unanswerable"
+    )
+    ea.add_argument(
+        "--tickets",
+        default=None,
+        metavar="CSV",
+        help="a ticket CSV (tobi_bueck columns): held-out tickets as questions",
+    )
     ea.add_argument("--output", required=True, help="the folder for results.json and results.md")
-    ea.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N queries / held-out tickets of each")
+    ea.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="only the first N queries / held-out tickets of each"
+    )
     ea.add_argument("--holdout-every", type=int, default=10, metavar="N", help="every Nth ticket is a question (10)")
     ea.add_argument(
         "--holdout-offset", type=int, default=0, metavar="R",
@@ -309,18 +338,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--distractors", type=int, default=None, metavar="N",
         help="ingest only the asked queries' judged documents and each one's N best BM25 matches (default: the whole corpus)",
     )  # fmt: skip
-    ea.add_argument("--fit-escalation", action="store_true", help="fit the evidence score on the BEIR questions (2-fold CV)")
-    ea.add_argument("--evidence-model-out", default=None, metavar="JSON", help="where --fit-escalation writes the model")
+    ea.add_argument(
+        "--fit-escalation", action="store_true", help="fit the evidence score on the BEIR questions (2-fold CV)"
+    )
+    ea.add_argument(
+        "--evidence-model-out", default=None, metavar="JSON", help="where --fit-escalation writes the model"
+    )
     ea.set_defaults(func=cmd_eval_answers)
     rx = sub.add_parser(
-        "reindex", help="recompute stored tickets' keyword terms (stop an embedded-mode service first; vectors are kept)"
+        "reindex",
+        help="recompute stored tickets' keyword terms (stop an embedded-mode service first; vectors are kept)",
     )
-    rx.add_argument("--collection", action="append", default=None, help="only this collection (repeatable; default: all)")
+    rx.add_argument(
+        "--collection", action="append", default=None, help="only this collection (repeatable; default: all)"
+    )
     rx.set_defaults(func=cmd_reindex)
     cp = sub.add_parser(
-        "compress", help="turn on VECTOR_COMPRESSION for the collection that holds the tickets (in place; stop an embedded-mode service first)"
+        "compress",
+        help="turn on VECTOR_COMPRESSION for the collection that holds the tickets (in place; stop an embedded-mode service first)",
     )
-    cp.add_argument("--wait", type=float, default=3600, help="seconds to wait for the compression to finish (default 3600)")
+    cp.add_argument(
+        "--wait", type=float, default=3600, help="seconds to wait for the compression to finish (default 3600)"
+    )
     cp.set_defaults(func=cmd_compress)
     return parser
 

@@ -36,6 +36,7 @@ from ticket_rag.settings import Settings
 from ticket_rag.tickets.classifier import Vocabulary
 from ticket_rag.tickets.duplicates import KEYWORD_WEIGHT, combined_score, keyword_similarity
 from ticket_rag.tickets.keywords import KeywordAnalyzer
+from ticket_rag.tools.evaluation import source_commit
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class Scored:
     keyword: np.ndarray
     label: np.ndarray
     group: np.ndarray  # the query a candidate belongs to (ranking form), or the pair index
+    # How many candidates each one stands for: 1, except the sampled non-duplicates of a sampled ranking form.
+    weight: np.ndarray | None = None
 
     def score(self, signal: str) -> np.ndarray:
         return self.cosine if signal == "cosine" else combined_score(self.cosine, self.keyword)
@@ -87,8 +90,15 @@ def score_pairs(pairs: Sequence[tuple[str, str, int]], embeddings: Embeddings, a
     return Scored(cosine=cosine, keyword=keyword, label=label, group=np.arange(len(pairs)))
 
 
-def score_ranking(dataset: Path, embeddings: Embeddings, analyzer: KeywordAnalyzer) -> tuple[Scored, dict[str, Any]]:
-    """Every dev query against every other report of its project: one scored candidate per (query, report)."""
+def score_ranking(
+    dataset: Path, embeddings: Embeddings, analyzer: KeywordAnalyzer, *, sample: int | None = None
+) -> tuple[Scored, dict[str, Any]]:
+    """Every dev query against every other report of its project: one scored candidate per (query, report).
+
+    With sample, only the queries, their duplicates and `sample` other reports per project (seeded)
+    are embedded; each sampled non-duplicate then stands for (non-duplicates in the project) /
+    (sampled ones), so precision and AP estimate the full project's base rate.
+    """
     docs: dict[str, str] = {}
     with (dataset / "corpus.jsonl").open(encoding="utf-8") as fh:
         for line in fh:
@@ -100,6 +110,15 @@ def score_ranking(dataset: Path, embeddings: Embeddings, analyzer: KeywordAnalyz
         for r in csv.DictReader(fh, delimiter="\t"):
             queries[r["query_id"]] = set(r["relevant_ids"].split())
     ids = list(docs)
+    full_size = {p: sum(1 for i in ids if i.split("-", 1)[0] == p) for p in {i.split("-", 1)[0] for i in ids}}
+    if sample is not None:
+        needed = set(queries) | {r for relevant in queries.values() for r in relevant}
+        rng = random.Random(0)
+        kept = set(needed)
+        for p in sorted(full_size):
+            others = sorted(i for i in ids if i.split("-", 1)[0] == p and i not in needed)
+            kept |= set(rng.sample(others, min(sample, len(others))))
+        ids = [i for i in ids if i in kept]
     vectors = embed(embeddings, [docs[i] for i in ids])
     position = {doc_id: n for n, doc_id in enumerate(ids)}
     project = np.array([doc_id.split("-", 1)[0] for doc_id in ids])
@@ -107,10 +126,12 @@ def score_ranking(dataset: Path, embeddings: Embeddings, analyzer: KeywordAnalyz
     vocabularies = {
         p: Vocabulary.build([terms[n] for n in np.flatnonzero(project == p)], size=0, min_df=1) for p in set(project)
     }
-    cos, kw, lab, grp = [], [], [], []
+    cos, kw, lab, grp, wt = [], [], [], [], []
     for g, (query, relevant) in enumerate(queries.items()):
         q = position[query]
         candidates = [n for n in np.flatnonzero(project == project[q]) if n != q]
+        negatives = sum(1 for n in candidates if ids[n] not in relevant)
+        negative_weight = (full_size[project[q]] - 1 - len(relevant)) / negatives if negatives else 1.0
         sims = vectors[candidates] @ vectors[q]
         vocabulary = vocabularies[project[q]]
         # The keyword signal only for the top 100 by cosine (what the service can afford); 0 below.
@@ -120,31 +141,38 @@ def score_ranking(dataset: Path, embeddings: Embeddings, analyzer: KeywordAnalyz
             kw.append(keyword_similarity(terms[q], terms[n], vocabulary) if j in top else 0.0)
             lab.append(int(ids[n] in relevant))
             grp.append(g)
-    info = {"queries": len(queries), "documents": len(ids), "candidates": len(cos), "duplicates": int(sum(lab))}
-    return Scored(np.array(cos), np.array(kw), np.array(lab), np.array(grp)), info
+            wt.append(1.0 if ids[n] in relevant else negative_weight)
+    info = {
+        "queries": len(queries), "documents": len(ids), "corpus": sum(full_size.values()), "sample_per_project": sample,
+        "candidates": len(cos), "duplicates": int(sum(lab)),
+    }  # fmt: skip
+    return Scored(np.array(cos), np.array(kw), np.array(lab), np.array(grp), np.array(wt)), info
 
 
 # --- metrics --------------------------------------------------------------------------------------------
 
 
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mean of the precision at each true duplicate, ranking by score."""
+def average_precision(scores: np.ndarray, labels: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """Mean of the precision at each true duplicate, ranking by score (each candidate counted `weight` times)."""
     order = np.argsort(-scores, kind="stable")
     hits = labels[order] == 1
     if not hits.any():
         return 0.0
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    counted = np.ones(len(order)) if weight is None else weight[order]
+    precision = np.cumsum(hits) / np.cumsum(counted)
     return float(precision[hits].mean())
 
 
-def prf(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+def prf(scores: np.ndarray, labels: np.ndarray, threshold: float, weight: np.ndarray | None = None) -> dict[str, float]:
+    """Precision, recall and F1 of flagging at the threshold (false positives counted `weight` times)."""
     flagged = scores >= threshold
+    counted = np.ones(len(scores)) if weight is None else weight
     tp = int((flagged & (labels == 1)).sum())
-    fp = int((flagged & (labels == 0)).sum())
+    fp = float(counted[flagged & (labels == 0)].sum())
     fn = int((~flagged & (labels == 1)).sum())
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "flagged": tp + fp}
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "flagged": round(tp + fp)}
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -193,9 +221,18 @@ def cross_validate(scored: Scored, *, folds: int, seed: int = 0) -> dict[str, An
 
 def summarise(scored: Scored, *, threshold: float, signal: str, ranking: bool) -> dict[str, Any]:
     scores = scored.score(signal)
-    out: dict[str, Any] = {"average_precision": average_precision(scores, scored.label), **prf(scores, scored.label, threshold)}
+    w = scored.weight
+    out: dict[str, Any] = {
+        "average_precision": average_precision(scores, scored.label, w),
+        **prf(scores, scored.label, threshold, w),
+    }
     if ranking:
-        aps = [average_precision(scores[scored.group == g], scored.label[scored.group == g]) for g in np.unique(scored.group)]
+        aps = [
+            average_precision(
+                scores[scored.group == g], scored.label[scored.group == g], None if w is None else w[scored.group == g]
+            )
+            for g in np.unique(scored.group)
+        ]
         out["mean_average_precision"] = float(np.mean(aps))
         # Recall of the duplicates among each query's top 5 (what POST /tickets/ shows as similar).
         found = total = 0
@@ -209,7 +246,13 @@ def summarise(scored: Scored, *, threshold: float, signal: str, ranking: bool) -
 
 
 def run_duplicates_eval(
-    *, dataset_dir: Path, settings: Settings, embeddings: Embeddings | None = None, folds: int = 5, ranking: bool = True
+    *,
+    dataset_dir: Path,
+    settings: Settings,
+    embeddings: Embeddings | None = None,
+    folds: int = 5,
+    ranking: bool = True,
+    ranking_sample: int | None = None,
 ) -> dict[str, Any]:
     """Score every labelled set, choose the threshold by cross-validation on GitBugs pairs, report both signals."""
     gitbugs, askubuntu = dataset_dir / "gitbugs", dataset_dir / "askubuntu"
@@ -230,7 +273,7 @@ def run_duplicates_eval(
             sets["askubuntu pairs"] = score_pairs(read_pairs(askubuntu / "dev_pairs.tsv"), cached, analyzer)
         ranking_info = None
         if ranking and (gitbugs / "corpus.jsonl").is_file() and (gitbugs / "dev_queries.tsv").is_file():
-            sets["gitbugs ranking"], ranking_info = score_ranking(gitbugs, cached, analyzer)
+            sets["gitbugs ranking"], ranking_info = score_ranking(gitbugs, cached, analyzer, sample=ranking_sample)
     finally:
         cached.cache.close()
     selection = cross_validate(sets["gitbugs pairs"], folds=folds)
@@ -239,7 +282,9 @@ def run_duplicates_eval(
         chosen = selection[signal]["threshold_on_all"]
         results[signal] = {
             name: {
-                "at_configured": summarise(s, threshold=settings.duplicate_threshold, signal=signal, ranking="ranking" in name),
+                "at_configured": summarise(
+                    s, threshold=settings.duplicate_threshold, signal=signal, ranking="ranking" in name
+                ),
                 "at_chosen": summarise(s, threshold=chosen, signal=signal, ranking="ranking" in name),
             }
             for name, s in sets.items()
@@ -272,7 +317,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"{report['configured_threshold']:g}. Signals: `cosine` (what POST /tickets/ compares), `cosine+keyword` "
         f"(cosine + {report['keyword_weight']:g} x TF-IDF cosine of the stemmed terms).",
         "",
-        "Threshold chosen by cross-validation on the GitBugs dev pairs (F1-best threshold of the other folds, tested on the held-out fold):",
+        "Threshold chosen by cross-validation on the GitBugs dev pairs "
+        "(F1-best threshold of the other folds, tested on the held-out fold):",
         "",
         "| signal | fold thresholds | held-out P | held-out R | held-out F1 | threshold on all dev pairs |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
@@ -280,7 +326,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     for signal, sel in report["selection"].items():
         h = sel["held_out"]
         lines.append(
-            f"| {signal} | {', '.join(f'{t:.3f}' for t in sel['fold_thresholds'])} | {f(h['precision'])} | {f(h['recall'])} "
+            f"| {signal} | {', '.join(f'{t:.3f}' for t in sel['fold_thresholds'])} "
+            f"| {f(h['precision'])} | {f(h['recall'])} "
             f"| {f(h['f1'])} | {sel['threshold_on_all']:.3f} |"
         )
     lines += [
@@ -290,15 +337,32 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     ]
     for signal, sets in report["results"].items():
         for name, r in sets.items():
-            for which, threshold in (("at_configured", report["configured_threshold"]), ("at_chosen", report["selection"][signal]["threshold_on_all"])):
+            for which, threshold in (
+                ("at_configured", report["configured_threshold"]),
+                ("at_chosen", report["selection"][signal]["threshold_on_all"]),
+            ):
                 m = r[which]
                 lines.append(
-                    f"| {signal} | {name} | {threshold:.3f} | {f(m['average_precision'])} | {f(m.get('mean_average_precision', '—'))} "
-                    f"| {f(m['precision'])} | {f(m['recall'])} | {f(m['f1'])} | {m['flagged']} | {f(m.get('recall_at_5', '—'))} |"
+                    f"| {signal} | {name} | {threshold:.3f} | {f(m['average_precision'])} "
+                    f"| {f(m.get('mean_average_precision', '—'))} | {f(m['precision'])} | {f(m['recall'])} "
+                    f"| {f(m['f1'])} | {m['flagged']} | {f(m.get('recall_at_5', '—'))} |"
                 )
-    sizes = "; ".join(f"{name}: {s['items']} items, {s['duplicates']} duplicates" for name, s in report["sizes"].items())
+    sizes = "; ".join(
+        f"{name}: {s['items']} items, {s['duplicates']} duplicates" for name, s in report["sizes"].items()
+    )
     commit = f" at commit {report['commit']}" if report.get("commit") else ""
-    lines += ["", f"Sizes: {sizes}.", "", f"Run {report['started_at']} to {report['finished_at']}{commit}.", ""]
+    lines += ["", f"Sizes: {sizes}."]
+    info = report.get("ranking") or {}
+    if info.get("sample_per_project"):
+        lines += [
+            "",
+            f"Ranking form on a sample: every query and duplicate plus {info['sample_per_project']} seeded random "
+            f"reports per project ({info['documents']} of {info['corpus']} reports embedded); each sampled "
+            "non-duplicate counts for the project's non-duplicates it stands for, so precision, AP and `flagged` "
+            "estimate the whole corpus; recall@5 "
+            "does not (fewer reports compete for the top 5), so it is optimistic.",
+        ]
+    lines += ["", f"Run {report['started_at']} to {report['finished_at']}{commit}.", ""]
     return "\n".join(lines)
 
 
