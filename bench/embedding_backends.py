@@ -91,7 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sentence_transformers
     import torch
 
-    from ticket_rag.runtime.artifacts import ensure_default_model
     from ticket_rag.embeddings.model import build_embeddings
     from ticket_rag.embeddings.onnx import (
         MANIFEST_FILE,
@@ -99,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_onnx_embeddings,
         onnx_cache_dir,
     )
+    from ticket_rag.runtime.artifacts import ensure_default_model
     from ticket_rag.settings import DEFAULT_MODEL_SHA256, load_settings
 
     settings = load_settings(_env_file=None, llm_provider="none")
@@ -109,13 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     query_tokens = [len(e.ids) for e in tokenizer.encode_batch(queries)]
 
     export_seconds: dict[str, float] = {}
-    backends: dict[str, Any] = {"torch-fp32": build_embeddings(settings.model_copy(update={"embedding_backend": "torch"}))}
+    backends: dict[str, Any] = {
+        "torch-fp32": build_embeddings(settings.model_copy(update={"embedding_backend": "torch"}))
+    }
     for variant in ("onnx-fp32", "onnx-int8"):
         target = onnx_cache_dir(settings.cache_dir, source_sha256=DEFAULT_MODEL_SHA256, variant=variant)  # type: ignore[arg-type]
         fresh = not (target / MANIFEST_FILE).is_file()
         took, backends[variant] = timed(
             lambda v=variant: build_onnx_embeddings(
-                model_dir, settings.cache_dir, v, source_sha256=DEFAULT_MODEL_SHA256, batch_size=settings.embedding_batch_size
+                model_dir,
+                settings.cache_dir,
+                v,
+                source_sha256=DEFAULT_MODEL_SHA256,
+                batch_size=settings.embedding_batch_size,
             )
         )
         manifest = json.loads((target / MANIFEST_FILE).read_text())
@@ -137,7 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             took, vectors = timed(lambda b=backends[name], s=start, e=end: b.embed_documents(docs[s:e]))
             doc_seconds[name] += took
             doc_vectors[name].extend(vectors)
-        sys.stderr.write(f"documents {end}/{len(docs)}: " + ", ".join(f"{n} {doc_seconds[n]:.0f} s" for n in BACKENDS) + "\n")
+        sys.stderr.write(
+            f"documents {end}/{len(docs)}: " + ", ".join(f"{n} {doc_seconds[n]:.0f} s" for n in BACKENDS) + "\n"
+        )
 
     # Single queries, one at a time, in turn.
     latencies: dict[str, list[float]] = {name: [] for name in BACKENDS}
@@ -173,28 +181,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     cpu = machine()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "?"
+    commit = (
+        subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or "?"
+    )
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     threads = getattr(backends["onnx-int8"], "threads", "?")
     lines = [
         "# Embedding backends: torch vs ONNX Runtime fp32 and int8",
         "",
-        f"all-mpnet-base-v2 on the CPU; {len(docs)} SciFact abstracts (`title + \" \" + text`, {doc_tokens / len(docs):.0f} tokens "
-        f"on average after the cut at 384) and {len(queries)} SciFact queries ({np.mean(query_tokens):.0f} tokens on average). "
+        f'all-mpnet-base-v2 on the CPU; {len(docs)} SciFact abstracts (`title + " " + text`, '
+        f"{doc_tokens / len(docs):.0f} tokens "
+        f"on average after the cut at 384) and {len(queries)} SciFact queries ({np.mean(query_tokens):.0f} tokens on "
+        "average). "
         "Produced by `nice -n 5 .venv/bin/python -m bench.embedding_backends`.",
         "",
-        "| backend | docs/s | tokens/s | vs torch | query p50 | query p95 | queries/s (batched) | cosine to torch, docs (mean / min) | queries (mean / min) |",
+        "| backend | docs/s | tokens/s | vs torch | query p50 | query p95 | queries/s (batched) | cosine to torch, "
+        "docs (mean / min) | queries (mean / min) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['backend']} | {r['docs_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f}x | {r['p50_ms']:.1f} ms "
+            f"| {r['backend']} | {r['docs_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f}x | "
+            f"{r['p50_ms']:.1f} ms "
             f"| {r['p95_ms']:.1f} ms | {r['queries_per_s']:.1f} | {r['cos_docs'][0]:.4f} / {r['cos_docs'][1]:.4f} "
             f"| {r['cos_queries'][0]:.4f} / {r['cos_queries'][1]:.4f} |"
         )
     lines += [
         "",
-        "- torch-fp32 is the service's `build_embeddings` with `EMBEDDING_BACKEND=torch` (sentence-transformers, batch size "
+        "- torch-fp32 is the service's `build_embeddings` with `EMBEDDING_BACKEND=torch` (sentence-transformers, "
+        "batch size "
         f"{settings.embedding_batch_size}, {torch.get_num_threads()} torch threads); the ONNX backends are "
         f"`build_onnx_embeddings` (batches of at most {settings.embedding_batch_size} texts and 1,024 padded tokens, "
         f"{threads} intra-op threads, no spinning).",

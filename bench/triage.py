@@ -47,14 +47,21 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ticket-rag-bench-triage-"))
     weaviate = EmbeddedWeaviate(
         binary=ensure_weaviate_binary(settings.cache_dir, settings.weaviate_version),
-        data_dir=tmp / "weaviate", http_port=free_port(), grpc_port=free_port(),
-    )  # fmt: skip
+        data_dir=tmp / "weaviate",
+        http_port=free_port(),
+        grpc_port=free_port(),
+    )
     weaviate.start()
     env = {
-        **os.environ, "WEAVIATE_URL": weaviate.url, "WEAVIATE_GRPC_URL": f"127.0.0.1:{weaviate.grpc_port}",
-        "WEAVIATE_CLASS": "BenchTriage", "RATE_LIMIT_PER_MINUTE": "0", "LLM_PROVIDER": "none", "LOG_LEVEL": "WARNING",
+        **os.environ,
+        "WEAVIATE_URL": weaviate.url,
+        "WEAVIATE_GRPC_URL": f"127.0.0.1:{weaviate.grpc_port}",
+        "WEAVIATE_CLASS": "BenchTriage",
+        "RATE_LIMIT_PER_MINUTE": "0",
+        "LLM_PROVIDER": "none",
+        "LOG_LEVEL": "WARNING",
         "DATA_DIR": str(tmp / "data"),
-    }  # fmt: skip
+    }
     service = Service(env)
     rows: list[tuple[str, str]] = []
     try:
@@ -76,12 +83,18 @@ def main() -> int:
             for i in range(count):
                 terms = " ".join(rng.choice(words, 40))
                 props = {
-                    "title": f"Synthetic ticket {start + i}", "description": f"Generated problem {start + i}",
-                    "priority": str(rng.choice(["low", "medium", "high"])), "status": "open",
-                    "category": str(rng.choice(queues)), "type": str(rng.choice(["Incident", "Request", "Problem", "Change"])),
-                    "tags": [str(rng.choice(["IT", "Billing", "Network"]))], "title_terms": terms[:60],
-                    "description_terms": terms, "created_at": now, "updated_at": now,
-                }  # fmt: skip
+                    "title": f"Synthetic ticket {start + i}",
+                    "description": f"Generated problem {start + i}",
+                    "priority": str(rng.choice(["low", "medium", "high"])),
+                    "status": "open",
+                    "category": str(rng.choice(queues)),
+                    "type": str(rng.choice(["Incident", "Request", "Problem", "Change"])),
+                    "tags": [str(rng.choice(["IT", "Billing", "Network"]))],
+                    "title_terms": terms[:60],
+                    "description_terms": terms,
+                    "created_at": now,
+                    "updated_at": now,
+                }
                 objects.append(DataObject(properties=props, vector=vectors[i].tolist()))
             assert not tenant.data.insert_many(objects).has_errors
         client.close()
@@ -101,14 +114,20 @@ def main() -> int:
             timed(lambda b=b: service.http.post("/tickets/triage", json=b).raise_for_status()) for b in bodies[10:]
         ]
         rows.append(
-            (f"POST /tickets/triage, {tickets:,} tickets, 1 client ({len(latencies)} requests)",
-             f"p50 {ms(pct(latencies, 50))} / p95 {ms(pct(latencies, 95))} / p99 {ms(pct(latencies, 99))} ms")
-        )  # fmt: skip
+            (
+                f"POST /tickets/triage, {tickets:,} tickets, 1 client ({len(latencies)} requests)",
+                f"p50 {ms(pct(latencies, 50))} / p95 {ms(pct(latencies, 95))} / p99 {ms(pct(latencies, 99))} ms",
+            )
+        )
         searches = [
-            timed(lambda b=b: service.http.post("/tickets/search", json={"query": f"{b['title']} {b['description']}"[:2000],
-                                                                          "collection": name, "limit": 10}).raise_for_status())
+            timed(
+                lambda b=b: service.http.post(
+                    "/tickets/search",
+                    json={"query": f"{b['title']} {b['description']}"[:2000], "collection": name, "limit": 10},
+                ).raise_for_status()
+            )
             for b in bodies[10:60]
-        ]  # fmt: skip
+        ]
         rows.append(
             (
                 "POST /tickets/search (vector, limit 10) with the same texts, for comparison",
@@ -119,8 +138,10 @@ def main() -> int:
         service.close()
         weaviate.stop()
     commit = source_commit() or "unknown"
-    print(f"Triage benchmark at commit {commit} on {platform.machine()} ({os.cpu_count()} cores), "
-          f"{datetime.now(UTC).isoformat(timespec='minutes')}, embedding backend {settings.embedding_backend}\n")  # fmt: skip
+    print(
+        f"Triage benchmark at commit {commit} on {platform.machine()} ({os.cpu_count()} cores), "
+        f"{datetime.now(UTC).isoformat(timespec='minutes')}, embedding backend {settings.embedding_backend}\n"
+    )
     print("| measure | value |\n| --- | --- |")
     for measure, value in rows:
         print(f"| {measure} | {value} |")

@@ -40,7 +40,8 @@ def format_context(docs: list[Document], *, limit: int, redact: Callable[[str], 
     for n, doc in enumerate(docs, start=1):
         meta = doc.metadata
         lines = [
-            f'<ticket ref="T{n}" status="{meta.get("status") or "unknown"}" priority="{meta.get("priority") or "unknown"}">',
+            f'<ticket ref="T{n}" status="{meta.get("status") or "unknown"}" '
+            f'priority="{meta.get("priority") or "unknown"}">',
             f"Title: {as_data(meta.get('title') or '', 300, redact)}",
             f"Problem: {as_data(doc.page_content, limit, redact)}",
         ]

@@ -123,9 +123,13 @@ class EvidenceModel:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "weights": self.weights, "bias": self.bias, "means": self.means, "scales": self.scales,
-            "threshold": self.threshold, "provenance": self.provenance,
-        }  # fmt: skip
+            "weights": self.weights,
+            "bias": self.bias,
+            "means": self.means,
+            "scales": self.scales,
+            "threshold": self.threshold,
+            "provenance": self.provenance,
+        }
 
 
 def load_evidence_model(path: Path = DEFAULT_MODEL_PATH) -> EvidenceModel:

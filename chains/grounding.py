@@ -1,4 +1,6 @@
-"""Checkable facts in an answer (numbers, versions, error codes, identifiers, quoted strings) and whether the cited tickets hold them."""
+"""Checkable facts in an answer (numbers, versions, error codes, identifiers, quoted strings) and
+whether the cited tickets hold them.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The extractive answer's choice of sentences: the best-matching ticket's whole resolution first, stock sentences once."""
+"""The extractive answer's choice of sentences: the best-matching ticket's whole resolution first,
+stock sentences once.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The degenerate-output detector: the loops and debris the offline model produced, and ordinary answers it must pass."""
+"""The degenerate-output detector: the loops and debris the offline model produced, and ordinary
+answers it must pass.
+"""
 
 from __future__ import annotations
 
@@ -50,7 +52,10 @@ def test_the_stream_guard_trips_as_soon_as_a_loop_starts() -> None:
 
 
 def test_facts_that_no_ticket_holds_are_ungrounded() -> None:
-    answer = 'Raise the IKE lifetime to 86400 s on GW-12 (v2.3.1); the error "tunnel idle" goes away [#1a2b3c4d]. Refund 49.99 EUR.'
+    answer = (
+        'Raise the IKE lifetime to 86400 s on GW-12 (v2.3.1); the error "tunnel idle" goes away [#1a2b3c4d]. '
+        "Refund 49.99 EUR."
+    )
     assert set(facts(answer)) == {"tunnel idle", "GW-12", "2.3.1", "86400", "49.99"}
     ticket = "Raised the IKE lifetime to 86400 s on gateway GW-12 running 2.3.1; the 'tunnel idle' error is gone."
     assert ungrounded(answer, [ticket]) == ["49.99"]

@@ -17,10 +17,15 @@ from ticket_rag.settings import Settings
 
 @pytest.fixture()
 def checked(settings: Settings, embeddings: Embeddings, fake_groq: FakeGroq) -> Iterator[TestClient]:
-    settings = settings.model_copy(update={
-        "llm_provider": "groq", "groq_api_key": "gsk-test", "groq_base_url": fake_groq.url, "llm_max_retries": 0,
-        "rag_escalation_threshold": 0.0,  # the evidence gate off: this is about the model's own verdict
-    })  # fmt: skip
+    settings = settings.model_copy(
+        update={
+            "llm_provider": "groq",
+            "groq_api_key": "gsk-test",
+            "groq_base_url": fake_groq.url,
+            "llm_max_retries": 0,
+            "rag_escalation_threshold": 0.0,  # the evidence gate off: this is about the model's own verdict
+        }
+    )
     with TestClient(create_app(settings, embeddings=embeddings)) as client:
         assert client.post("/tickets/", json=TICKET).status_code == 201
         yield client

@@ -1,4 +1,6 @@
-"""Vector compression: a new collection gets VECTOR_COMPRESSION; `ticket-rag compress` turns it on for one that holds tickets."""
+"""Vector compression: a new collection gets VECTOR_COMPRESSION; `ticket-rag compress` turns it on for
+one that holds tickets.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +9,24 @@ from fastapi.testclient import TestClient
 from langchain_core.embeddings import Embeddings
 
 from server import create_app
-from ticket_rag.tools.cli import main as cli_main
 from ticket_rag.errors import ConfigError
+from ticket_rag.runtime.weaviate import connect
 from ticket_rag.settings import Settings, load_settings
 from ticket_rag.tickets.compression import current_compression, uncompressed_tenants
-from ticket_rag.runtime.weaviate import connect
+from ticket_rag.tools.cli import main as cli_main
 
 TICKETS = [
-    {"title": "Cannot log in after password reset", "description": "The reset link says it expired and I am locked out."},
+    {
+        "title": "Cannot log in after password reset",
+        "description": "The reset link says it expired and I am locked out.",
+    },
     {"title": "VPN drops every few minutes", "description": "The VPN connection from home disconnects constantly."},
     {"title": "Printer on floor 3 jams", "description": "Paper gets stuck in tray 2 of the office printer."},
     {"title": "Invoice shows the wrong VAT rate", "description": "Our March invoice charged 19% instead of 7%."},
-    {"title": "Outlook does not sync the calendar", "description": "Meetings added on the phone never show in Outlook."},
+    {
+        "title": "Outlook does not sync the calendar",
+        "description": "Meetings added on the phone never show in Outlook.",
+    },
 ]
 
 
@@ -30,9 +38,12 @@ def _search(client: TestClient, query: str, mode: str = "vector") -> list[dict[s
 
 def _use_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, compression: str) -> None:
     for name, value in {
-        "WEAVIATE_URL": settings.weaviate_url, "WEAVIATE_GRPC_URL": settings.weaviate_grpc_url,
-        "WEAVIATE_CLASS": settings.weaviate_class, "LOG_JSON": "false", "VECTOR_COMPRESSION": compression,
-    }.items():  # fmt: skip
+        "WEAVIATE_URL": settings.weaviate_url,
+        "WEAVIATE_GRPC_URL": settings.weaviate_grpc_url,
+        "WEAVIATE_CLASS": settings.weaviate_class,
+        "LOG_JSON": "false",
+        "VECTOR_COMPRESSION": compression,
+    }.items():
         monkeypatch.setenv(name, str(value))
 
 
@@ -81,7 +92,6 @@ def test_compress_turns_compression_on_for_a_collection_that_holds_tickets(
         _use_env(monkeypatch, settings, other)
         assert cli_main(["compress"]) == 2
         assert "import the tickets again" in capsys.readouterr().err
-
 
 
 def test_an_unknown_compression_stops_the_start_naming_the_variable() -> None:

@@ -83,9 +83,12 @@ def test_triage_suggests_the_queue_from_labelled_tickets_and_stores_nothing(tria
     _seed(triage_client, "helpdesk")
     before = triage_client.get("/collections/helpdesk").json()["ticket_count"]
     result = _triage(
-        triage_client, "We were billed the wrong amount", "The invoice total is higher than our contract says.",
-        collection="helpdesk", min_confidence=0,
-    )  # fmt: skip
+        triage_client,
+        "We were billed the wrong amount",
+        "The invoice total is higher than our contract says.",
+        collection="helpdesk",
+        min_confidence=0,
+    )
     assert result["model"] == "linear+vote"
     queue = result["fields"]["category"]
     assert queue["value"] == "Billing"
@@ -139,8 +142,12 @@ def test_model_is_refitted_when_labels_change(triage_client: TestClient) -> None
 def test_create_returns_triage_without_overwriting_what_the_client_sent(triage_client: TestClient) -> None:
     _seed(triage_client, "create")
     _triage(triage_client, "warm", "fit the model first", collection="create")
-    body = {"title": "Refund for my cancelled order", "description": "Where is the money for the order I cancelled?",
-            "category": "Network", "collection": "create"}  # fmt: skip
+    body = {
+        "title": "Refund for my cancelled order",
+        "description": "Where is the money for the order I cancelled?",
+        "category": "Network",
+        "collection": "create",
+    }
     response = triage_client.post("/tickets/", json=body)
     assert response.status_code == 201, response.text
     created = response.json()
@@ -165,10 +172,20 @@ def test_bad_triage_input_is_a_422_naming_the_field(triage_client: TestClient) -
 
 
 def test_possible_duplicates_say_why_and_agents_confirm_or_reject(triage_client: TestClient) -> None:
-    original = triage_client.post("/tickets/", json={"title": "Cannot log in after password reset",
-                                                      "description": "The password reset link says it has expired."}).json()  # fmt: skip
-    response = triage_client.post("/tickets/", json={"title": "Login fails after I reset my password",
-                                                      "description": "The reset link for my password has expired."})  # fmt: skip
+    original = triage_client.post(
+        "/tickets/",
+        json={
+            "title": "Cannot log in after password reset",
+            "description": "The password reset link says it has expired.",
+        },
+    ).json()
+    response = triage_client.post(
+        "/tickets/",
+        json={
+            "title": "Login fails after I reset my password",
+            "description": "The reset link for my password has expired.",
+        },
+    )
     duplicate = response.json()
     flagged = duplicate["possible_duplicates"]
     assert [hit["ticket"]["id"] for hit in flagged] == [original["id"]]

@@ -82,10 +82,16 @@ def test_extractive_answers_are_cited_grounded_and_clean(
     settings = settings.model_copy(update={"llm_provider": "extractive"})
     try:
         report = run_answer_eval(
-            settings=settings, app_factory=create_app, output_dir=tmp_path / "out", embeddings=embeddings,
+            settings=settings,
+            app_factory=create_app,
+            output_dir=tmp_path / "out",
+            embeddings=embeddings,
             beir_dir=cut_scifact_slice(tmp_path / "scifact", queries=6, distractors=30),
-            tickets_csv=_ticket_slice(tmp_path / "tickets.csv"), limit=6, holdout_every=10, progress=False,
-        )  # fmt: skip
+            tickets_csv=_ticket_slice(tmp_path / "tickets.csv"),
+            limit=6,
+            holdout_every=10,
+            progress=False,
+        )
     finally:
         _drop_class(settings)
     modes = report["modes"]
@@ -126,16 +132,28 @@ def test_the_harness_flags_each_fault_of_a_scripted_model(
     settings: Settings, embeddings: Embeddings, tmp_path: Path, fake_groq: FakeGroq
 ) -> None:
     # The gate off and every ticket kept, so each question reaches the model exactly once, in order.
-    settings = settings.model_copy(update={
-        "llm_provider": "groq", "groq_api_key": SecretStr("gsk_test"), "groq_base_url": fake_groq.url,
-        "rag_escalation_threshold": 0.0, "rag_min_similarity": -1.0, "llm_max_retries": 0, "rag_sufficiency_check": False,
-    })  # fmt: skip
+    settings = settings.model_copy(
+        update={
+            "llm_provider": "groq",
+            "groq_api_key": SecretStr("gsk_test"),
+            "groq_base_url": fake_groq.url,
+            "rag_escalation_threshold": 0.0,
+            "rag_min_similarity": -1.0,
+            "llm_max_retries": 0,
+            "rag_sufficiency_check": False,
+        }
+    )
     fake_groq.then(*(Reply(chunks=chunks) for _, chunks in FAULTS))
     try:
         report = run_answer_eval(
-            settings=settings, app_factory=create_app, output_dir=tmp_path / "out", embeddings=embeddings,
-            beir_dir=cut_scifact_slice(tmp_path / "scifact", queries=2, distractors=30), limit=2, progress=False,
-        )  # fmt: skip
+            settings=settings,
+            app_factory=create_app,
+            output_dir=tmp_path / "out",
+            embeddings=embeddings,
+            beir_dir=cut_scifact_slice(tmp_path / "scifact", queries=2, distractors=30),
+            limit=2,
+            progress=False,
+        )
     finally:
         _drop_class(settings)
     asked: list[dict[str, Any]] = report["questions"]

@@ -52,7 +52,9 @@ class Vocabulary:
 
     def transform(self, documents: Sequence[str]) -> Sparse:
         """Sublinear TF-IDF rows, L2-normalised (an empty row for a text with no known term)."""
-        indptr, indices, data = [0], [], []
+        indptr: list[int] = [0]
+        indices: list[int] = []
+        data: list[float] = []
         for text in documents:
             counts = Counter(t for t in text.split() if t in self.index)
             columns = [self.index[t] for t in counts]
@@ -62,9 +64,11 @@ class Vocabulary:
             data.extend((values / norm).tolist() if norm else [])
             indptr.append(len(indices))
         return Sparse(
-            indptr=np.array(indptr, dtype=np.int64), indices=np.array(indices, dtype=np.int64),
-            data=np.array(data, dtype=np.float32), width=len(self.index),
-        )  # fmt: skip
+            indptr=np.array(indptr, dtype=np.int64),
+            indices=np.array(indices, dtype=np.int64),
+            data=np.array(data, dtype=np.float32),
+            width=len(self.index),
+        )
 
 
 @dataclass(frozen=True)
@@ -126,14 +130,14 @@ class Design:
 
     @property
     def width(self) -> int:
-        return self.dense.shape[1] + (self.sparse.width if self.sparse is not None else 0)
+        return int(self.dense.shape[1]) + (self.sparse.width if self.sparse is not None else 0)
 
     def rows(self, selected: Sequence[int] | np.ndarray) -> Design:
         return Design(self.dense[selected], self.sparse.rows(selected) if self.sparse is not None else None)
 
     def dot(self, weights: np.ndarray) -> np.ndarray:
         d = self.dense.shape[1]
-        out = self.dense @ weights[:d]
+        out: np.ndarray = self.dense @ weights[:d]
         return out + self.sparse.dot(weights[d:]) if self.sparse is not None else out
 
     def tdot(self, values: np.ndarray) -> np.ndarray:
@@ -176,7 +180,7 @@ def fit_softmax(
     # The cross-entropy's gradient is Lipschitz with at most 0.5 * the largest eigenvalue of x'x / n (+ l2).
     probe = np.random.default_rng(0).standard_normal((x.width, 1)).astype(np.float32)
     for _ in range(15):
-        probe = xc.tdot(xc.dot(probe)) / n
+        probe = (xc.tdot(xc.dot(probe)) / n).astype(np.float32)
         probe /= np.linalg.norm(probe) + 1e-12
     top = float((probe.T @ xc.tdot(xc.dot(probe)))[0, 0] / n)
     step = 1.0 / (0.5 * top + l2)

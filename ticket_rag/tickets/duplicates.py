@@ -42,10 +42,12 @@ def keyword_similarity(terms_a: str, terms_b: str, vocabulary: Vocabulary) -> fl
 
 
 def combined_score(cosine: np.ndarray, keyword: np.ndarray) -> np.ndarray:
-    return cosine + KEYWORD_WEIGHT * keyword  # type: ignore[no-any-return]
+    return cosine + KEYWORD_WEIGHT * keyword
 
 
-def shared_rare_terms(terms_a: str, terms_b: str, vocabulary: Vocabulary | None, limit: int = SHARED_TERMS) -> list[str]:
+def shared_rare_terms(
+    terms_a: str, terms_b: str, vocabulary: Vocabulary | None, limit: int = SHARED_TERMS
+) -> list[str]:
     """The stemmed words both texts use, rarest in the collection first (longest first without statistics)."""
     shared = set(terms_a.split()) & set(terms_b.split())
     if vocabulary is None:
@@ -71,7 +73,9 @@ def explain(
             continue
         other = f"{analyzer.terms(hit.ticket.title)} {analyzer.terms(hit.ticket.description)}"
         shared = shared_rare_terms(terms, other, vocabulary)
-        why = f"cosine similarity {hit.similarity:.3f} >= {threshold:g}" + (f"; shares {', '.join(shared)}" if shared else "")
+        why = f"cosine similarity {hit.similarity:.3f} >= {threshold:g}" + (
+            f"; shares {', '.join(shared)}" if shared else ""
+        )
         out.append(DuplicateHit(**hit.model_dump(), shared_terms=shared, why=why))
     return out
 
@@ -85,16 +89,33 @@ def confirm(store: TicketStore, *, ticket_id: uuid.UUID, original_id: uuid.UUID,
     if original.duplicate_of == ticket_id:
         raise InvalidRequest(f"ticket_id: ticket {original_id} is already recorded as a duplicate of {ticket_id}")
     if ticket.duplicate_of is not None and ticket.duplicate_of != original_id:
-        _set(store, collection, ticket.duplicate_of, duplicates=_without(store, collection, ticket.duplicate_of, ticket_id))
-    _set(store, collection, original_id, duplicates=_ids([*original.duplicates, ticket_id]),
-         not_duplicates=_ids(i for i in original.not_duplicates if i != ticket_id))  # fmt: skip
-    _set(store, collection, ticket_id, duplicate_of=str(original_id),
-         not_duplicates=_ids(i for i in ticket.not_duplicates if i != original_id))  # fmt: skip
+        _set(
+            store,
+            collection,
+            ticket.duplicate_of,
+            duplicates=_without(store, collection, ticket.duplicate_of, ticket_id),
+        )
+    _set(
+        store,
+        collection,
+        original_id,
+        duplicates=_ids([*original.duplicates, ticket_id]),
+        not_duplicates=_ids(i for i in original.not_duplicates if i != ticket_id),
+    )
+    _set(
+        store,
+        collection,
+        ticket_id,
+        duplicate_of=str(original_id),
+        not_duplicates=_ids(i for i in ticket.not_duplicates if i != original_id),
+    )
     return store.get(ticket_id=ticket_id, collection=collection)
 
 
 def reject(store: TicketStore, *, ticket_id: uuid.UUID, other_id: uuid.UUID, collection: str) -> TicketPublic:
-    """Record that the two tickets are not duplicates (undoing a confirmation between them); neither is suggested again."""
+    """Record that the two tickets are not duplicates (undoing a confirmation between them); neither is
+    suggested again.
+    """
     if ticket_id == other_id:
         raise InvalidRequest("ticket_id: a ticket cannot be a duplicate of itself")
     ticket = store.get(ticket_id=ticket_id, collection=collection)

@@ -155,12 +155,14 @@ def out_of_fold(
         if not len(train) or not len(test):
             continue
         models = fit_models(
-            vectors=vectors[train], terms=[terms[i] for i in train],
-            labels={f: [v[i] for i in train] for f, v in labels.items()}, params=params,
-        )  # fmt: skip
+            vectors=vectors[train],
+            terms=[terms[i] for i in train.tolist()],
+            labels={f: [v[i] for i in train.tolist()] for f, v in labels.items()},
+            params=params,
+        )
         similarities = vectors[test] @ vectors[train].T
         top = np.argsort(-similarities, axis=1)[:, : params.k]
-        x_test = models.features(vectors[test], [terms[i] for i in test])
+        x_test = models.features(vectors[test], [terms[i] for i in test.tolist()])
         for row, index in enumerate(test):
             neighbours, sims = train[top[row]], similarities[row, top[row]]
             for name, values in labels.items():
@@ -279,7 +281,9 @@ class TriageService:
 
     def _fit(self, collection: str, version: tuple[int, str]) -> CollectionModel | None:
         started = time.perf_counter()
-        vectors, terms, labels = [], [], {name: [] for name in FIELDS}  # type: dict[str, list[str | None]]
+        vectors: list[list[float]] = []
+        terms: list[str] = []
+        labels: dict[str, list[str | None]] = {name: [] for name in FIELDS}
         for _, props, vector in self.store.iterate_labels(collection=collection):
             vectors.append(vector)
             terms.append(f"{props.get(TITLE_TERMS) or ''} {props.get(DESCRIPTION_TERMS) or ''}".strip())
@@ -304,9 +308,12 @@ class TriageService:
         seconds = time.perf_counter() - started
         logger.info("triage model of collection %s fitted on %d tickets in %.1f s", collection, len(terms), seconds)
         return CollectionModel(
-            models=models, floors=floors, labelled={n: sum(v is not None for v in labels[n]) for n in models.linear},
-            version=version, fitted_seconds=seconds,
-        )  # fmt: skip
+            models=models,
+            floors=floors,
+            labelled={n: sum(v is not None for v in labels[n]) for n in models.linear},
+            version=version,
+            fitted_seconds=seconds,
+        )
 
     def suggest(
         self,
@@ -393,10 +400,13 @@ class TriageService:
             reason = f"confidence {confidence:.2f} is below the floor {floor:.2f}"
         value = None if reason else prediction.value
         return FieldSuggestion(
-            value=value, confidence=confidence, floor=None if floor is None else round(floor, 4), reason=reason,
+            value=value,
+            confidence=confidence,
+            floor=None if floor is None else round(floor, 4),
+            reason=reason,
             alternatives=({str(prediction.value): confidence} | alternatives) if value is None else alternatives,
             evidence=evidence,
-        )  # fmt: skip
+        )
 
 
 def _field(ticket: Any, name: str) -> str | None:

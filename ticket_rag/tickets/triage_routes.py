@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 
-from ticket_rag.api.http_errors import error_responses
 from ticket_rag.api.deps import Reader, SettingsDep, StoreDep, TriageDep, Writer
+from ticket_rag.api.http_errors import error_responses
 from ticket_rag.tickets import duplicates
 from ticket_rag.tickets.router import BODY_ERRORS, WRITE_ERRORS, CollectionQuery, _cap
 from ticket_rag.tickets.schemas import DuplicateHit, DuplicateLink, TicketPublic, Triage, TriageRequest
@@ -19,7 +19,9 @@ router = APIRouter(prefix="/tickets", tags=["tickets"], responses=error_response
 
 @router.post("/triage", response_model=Triage, responses=BODY_ERRORS)
 def triage_ticket(body: TriageRequest, settings: SettingsDep, triage: TriageDep, who: Reader) -> Triage:
-    """Suggest queue (category), priority, type and tags for a ticket from the collection's labelled tickets; stores nothing."""
+    """Suggest queue (category), priority, type and tags for a ticket from the collection's labelled
+    tickets; stores nothing.
+    """
     collection = who.collection(body.collection, settings.default_collection)
     return triage.suggest(
         title=body.title, description=body.description, collection=collection, min_confidence=body.min_confidence
@@ -36,30 +38,47 @@ def possible_duplicates(
     collection: CollectionQuery = None,
     limit: Annotated[int, Query(ge=1)] = 10,
 ) -> list[DuplicateHit]:
-    """Tickets that may duplicate this one (similarity >= DUPLICATE_THRESHOLD, rejected ones left out), each with why."""
+    """Tickets that may duplicate this one (similarity >= DUPLICATE_THRESHOLD, rejected ones left out),
+    each with why.
+    """
     _cap("query", "limit", limit, settings.search_max_limit)
     name = who.collection(collection, settings.default_collection)
     ticket = store.get(ticket_id=ticket_id, collection=name)
     vector = store.get_vector(ticket_id=ticket_id, collection=name)
     hits = store.search_by_vector(query_vector=vector, collection=name, limit=limit, exclude=ticket_id)
     return duplicates.explain(
-        hits, title=ticket.title, description=ticket.description, analyzer=triage.analyzer,
-        vocabulary=triage.vocabulary(name), threshold=settings.duplicate_threshold, exclude=ticket.not_duplicates,
-    )  # fmt: skip
+        hits,
+        title=ticket.title,
+        description=ticket.description,
+        analyzer=triage.analyzer,
+        vocabulary=triage.vocabulary(name),
+        threshold=settings.duplicate_threshold,
+        exclude=ticket.not_duplicates,
+    )
 
 
 def _other(ticket_id: uuid.UUID, body: DuplicateLink) -> uuid.UUID:
     if body.ticket_id == ticket_id:
         raise RequestValidationError(
-            [{"type": "value_error", "loc": ("body", "ticket_id"), "msg": "must be another ticket than the one in the path",
-              "input": str(body.ticket_id)}]  # fmt: skip
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "ticket_id"),
+                    "msg": "must be another ticket than the one in the path",
+                    "input": str(body.ticket_id),
+                }
+            ]
         )
     return body.ticket_id
 
 
 @router.post("/{ticket_id}/duplicate-of", response_model=TicketPublic, responses=WRITE_ERRORS)
 def confirm_duplicate(
-    ticket_id: uuid.UUID, body: DuplicateLink, store: StoreDep, settings: SettingsDep, who: Writer,
+    ticket_id: uuid.UUID,
+    body: DuplicateLink,
+    store: StoreDep,
+    settings: SettingsDep,
+    who: Writer,
     collection: CollectionQuery = None,
 ) -> TicketPublic:
     """Confirm that this ticket duplicates body.ticket_id: the two are linked (duplicate_of here, duplicates there)."""
@@ -69,9 +88,15 @@ def confirm_duplicate(
 
 @router.post("/{ticket_id}/not-duplicate-of", response_model=TicketPublic, responses=WRITE_ERRORS)
 def reject_duplicate(
-    ticket_id: uuid.UUID, body: DuplicateLink, store: StoreDep, settings: SettingsDep, who: Writer,
+    ticket_id: uuid.UUID,
+    body: DuplicateLink,
+    store: StoreDep,
+    settings: SettingsDep,
+    who: Writer,
     collection: CollectionQuery = None,
 ) -> TicketPublic:
-    """Reject a suggested duplicate: recorded on both tickets (a confirmed link between them is undone), not suggested again."""
+    """Reject a suggested duplicate: recorded on both tickets (a confirmed link between them is
+    undone), not suggested again.
+    """
     name = who.collection(collection, settings.default_collection)
     return duplicates.reject(store, ticket_id=ticket_id, other_id=_other(ticket_id, body), collection=name)

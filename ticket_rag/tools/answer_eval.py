@@ -107,12 +107,12 @@ def hard_distractors(dataset: BeirDataset, query_ids: Sequence[str], per_query: 
     for query_id in query_ids:
         judged = {position[d] for d in dataset.qrels[query_id] if d in position}
         keep |= judged
-        scores: Counter[int] = Counter()
+        scores: dict[int, float] = {}
         for term in set(analyzer.terms(dataset.queries[query_id]).split()):
             postings = index.get(term, {})
             idf = math.log(1 + (total - len(postings) + 0.5) / (len(postings) + 0.5))
             for n, tf in postings.items():
-                scores[n] += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * lengths[n] / average))
+                scores[n] = scores.get(n, 0.0) + idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * lengths[n] / average))
         ranked = [n for n, _ in sorted(scores.items(), key=lambda item: (-item[1], item[0])) if n not in judged]
         keep.update(ranked[:per_query])
     corpus = [doc for n, doc in enumerate(dataset.corpus) if n in keep]
@@ -168,7 +168,9 @@ async def ask(chain: Any, question: Question, collection: str) -> dict[str, Any]
     inputs: dict[str, Any] = {"question": question.text, "collection": collection}
     if question.exclude:
         inputs["exclude_tickets"] = list(question.exclude)
-    answer, sources, metadata, first = "", [], {}, None
+    answer, first = "", None
+    sources: list[dict[str, Any]] = []
+    metadata: dict[str, Any] = {}
     started = time.perf_counter()
     async for chunk in chain.astream(inputs, {"metadata": {"eval": True}}):
         if "answer" in chunk:
@@ -178,9 +180,12 @@ async def ask(chain: Any, question: Question, collection: str) -> dict[str, Any]
         metadata = chunk.get("metadata", metadata)
     ended = time.perf_counter()
     return {
-        "answer": answer, "sources": sources, "metadata": metadata,
-        "latency_s": ended - started, "first_chunk_s": (first or ended) - started,
-    }  # fmt: skip
+        "answer": answer,
+        "sources": sources,
+        "metadata": metadata,
+        "latency_s": ended - started,
+        "first_chunk_s": (first or ended) - started,
+    }
 
 
 def score_answer(question: Question, out: Mapping[str, Any], corpus: Corpus) -> dict[str, Any]:
@@ -301,10 +306,18 @@ def fit_escalation(records: Sequence[Mapping[str, Any]], provenance: dict[str, A
     threshold = _best_threshold([model.score(r["features"]) for r in rows], [r["should_escalate"] for r in rows])
     curve = am.threshold_curve([1 - model.score(r["features"]) for r in rows], [r["should_escalate"] for r in rows], 21)
     return EvidenceModel(
-        model.weights, model.bias, model.means, model.scales, threshold,
-        provenance={**provenance, "questions": len(rows), "threshold_rule": "best F1 of escalation on these questions",
-                    "curve_in_sample": curve},
-    )  # fmt: skip
+        model.weights,
+        model.bias,
+        model.means,
+        model.scales,
+        threshold,
+        provenance={
+            **provenance,
+            "questions": len(rows),
+            "threshold_rule": "best F1 of escalation on these questions",
+            "curve_in_sample": curve,
+        },
+    )
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -426,13 +439,16 @@ def run_answer_eval(
         "datasets": datasets,
         "modes": {mode: _mode_summary(rs) for mode, rs in by_mode.items()},
         "escalation": None,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": _cpus()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": _cpus(),
+        },
         "commit": source_commit(),
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "questions": records,
-    }  # fmt: skip
+    }
     if beir:
         escalation = am.escalation_scores(
             [r["escalated"] for r in beir], [r["should_escalate"] for r in beir], [r["escalation_risk"] for r in beir]
@@ -444,11 +460,18 @@ def run_answer_eval(
             "curve": am.threshold_curve([r["escalation_risk"] for r in beir], [r["should_escalate"] for r in beir]),
         }
         if fit:
-            model = fit_escalation(beir, {
-                "dataset": datasets.get("beir", {}).get("name"), "commit": report["commit"],
-                "fitted_at": report["finished_at"], "command": "ticket-rag eval-answers --fit-escalation",
-                "cross_validated_auc": (report["escalation"]["cross_validated"] or {}).get("held_out", {}).get("auc"),
-            })  # fmt: skip
+            model = fit_escalation(
+                beir,
+                {
+                    "dataset": datasets.get("beir", {}).get("name"),
+                    "commit": report["commit"],
+                    "fitted_at": report["finished_at"],
+                    "command": "ticket-rag eval-answers --fit-escalation",
+                    "cross_validated_auc": (report["escalation"]["cross_validated"] or {})
+                    .get("held_out", {})
+                    .get("auc"),
+                },
+            )
             report["escalation"]["fitted"] = model.to_json()
             if evidence_model_out is not None:
                 evidence_model_out.write_text(json.dumps(model.to_json(), indent=2) + "\n", encoding="utf-8")
@@ -494,10 +517,16 @@ async def _run(
                 mapped = ticket_from_doc(doc)
                 if mapped.ticket is not None:
                     corpus.add(collection, mapped.ticket)
-            datasets["beir"] = {"name": dataset.name, "path": str(beir_dir), "documents": ingest["documents"],
-                                "queries": len(questions) // 2, "questions": len(questions),
-                                "corpus": "full" if distractors is None else
-                                f"judged documents + {distractors} best BM25 distractors per query"}  # fmt: skip
+            datasets["beir"] = {
+                "name": dataset.name,
+                "path": str(beir_dir),
+                "documents": ingest["documents"],
+                "queries": len(questions) // 2,
+                "questions": len(questions),
+                "corpus": "full"
+                if distractors is None
+                else f"judged documents + {distractors} best BM25 distractors per query",
+            }
             jobs.append((collection, questions, corpus))
         if tickets_csv is not None:
             collection = f"answers-tickets-{uuid.uuid4().hex[:8]}"
@@ -511,8 +540,13 @@ async def _run(
                 await asyncio.to_thread(store.upsert_many, tickets=base[start : start + 64], collection=collection)
             for ticket in base:
                 corpus.add(collection, ticket)
-            datasets["tickets"] = {"path": str(tickets_csv), "knowledge_base": len(base), "questions": len(questions),
-                                   "holdout_every": holdout_every, "holdout_offset": holdout_offset}  # fmt: skip
+            datasets["tickets"] = {
+                "path": str(tickets_csv),
+                "knowledge_base": len(base),
+                "questions": len(questions),
+                "holdout_every": holdout_every,
+                "holdout_offset": holdout_offset,
+            }
             jobs.append((collection, questions, corpus))
         for collection, questions, corpus in jobs:
             batch = []
@@ -547,15 +581,20 @@ def markdown_answer_report(report: Mapping[str, Any]) -> str:
         f"# Answer quality: LLM_PROVIDER={provider.get('llm_provider')} ({provider.get('provider') or 'no model'}"
         f"{', ' + provider['model'] if provider.get('model') else ''})",
         "",
-        "| mode | questions | escalated | citation precision | citation recall | citation validity | grounding (answers with facts) "
-        "| degenerate | refusals | guard tripped | answer-gold cosine | top-resolution-gold cosine | latency p50 / p95 ms | first chunk p50 / p95 ms |",
+        "| mode | questions | escalated | citation precision | citation recall | citation validity | grounding "
+        "(answers with facts) "
+        "| degenerate | refusals | guard tripped | answer-gold cosine | top-resolution-gold cosine | latency p50 / "
+        "p95 ms | first chunk p50 / p95 ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for mode, m in report["modes"].items():
         lines.append(
-            f"| {mode} | {m['questions']} | {m['escalated']} | {_cell(m['citation_precision'])} | {_cell(m['citation_recall'])} "
-            f"| {_cell(m['citation_validity'])} | {_cell(m['grounding'])} ({m['answers_with_facts']}) | {m['degenerate']} "
-            f"| {m['refusals']} | {m['guard_tripped']} | {_cell(m['gold_similarity'])} | {_cell(m['top_resolution_similarity'])} "
+            f"| {mode} | {m['questions']} | {m['escalated']} | {_cell(m['citation_precision'])} | "
+            f"{_cell(m['citation_recall'])} "
+            f"| {_cell(m['citation_validity'])} | {_cell(m['grounding'])} ({m['answers_with_facts']}) | "
+            f"{m['degenerate']} "
+            f"| {m['refusals']} | {m['guard_tripped']} | {_cell(m['gold_similarity'])} | "
+            f"{_cell(m['top_resolution_similarity'])} "
             f"| {_cell(m['latency_p50_ms'], 0)} / {_cell(m['latency_p95_ms'], 0)} "
             f"| {_cell(m['first_chunk_p50_ms'], 0)} / {_cell(m['first_chunk_p95_ms'], 0)} |"
         )
@@ -563,8 +602,10 @@ def markdown_answer_report(report: Mapping[str, Any]) -> str:
     for mode, m in gold:
         lines += [
             "",
-            f"{mode}: answer-gold cosine {_cell(m['gold_similarity'])} against {_cell(m['top_resolution_similarity'])} for "
-            f"the top ticket's resolution returned as it is; on the {m['questions'] - m['escalated']} answered questions "
+            f"{mode}: answer-gold cosine {_cell(m['gold_similarity'])} against "
+            f"{_cell(m['top_resolution_similarity'])} for "
+            f"the top ticket's resolution returned as it is; on the {m['questions'] - m['escalated']} answered "
+            "questions "
             f"{_cell(m['gold_similarity_answered'])} against {_cell(m['top_resolution_similarity_answered'])}.",
         ]
     esc = report.get("escalation")

@@ -99,9 +99,13 @@ def escalation_scores(escalated: Sequence[bool], should: Sequence[bool], risk: S
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     auc = roc_auc(list(risk), [int(s) for s in should])
     return {
-        "escalated": sum(escalated), "questions": len(should), "precision": round(precision, 4),
-        "recall": round(recall, 4), "f1": round(f1, 4), "auc": None if math.isnan(auc) else round(auc, 4),
-    }  # fmt: skip
+        "escalated": sum(escalated),
+        "questions": len(should),
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "auc": None if math.isnan(auc) else round(auc, 4),
+    }
 
 
 def summarise(values: Iterable[float | None]) -> float | None:

@@ -1,4 +1,6 @@
-"""The `ticket-rag` command: serve, setup, import, eval, eval-answers, eval-triage, eval-duplicates, reindex, compress."""
+"""The `ticket-rag` command: serve, setup, import, eval, eval-answers, eval-triage, eval-duplicates,
+reindex, compress.
+"""
 
 from __future__ import annotations
 
@@ -150,9 +152,12 @@ def cmd_eval_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     from ticket_rag.tools.duplicates_eval import markdown_report, run_duplicates_eval, write_report
 
     report = run_duplicates_eval(
-        dataset_dir=Path(args.dataset), settings=settings, folds=args.folds, ranking=not args.pairs_only,
+        dataset_dir=Path(args.dataset),
+        settings=settings,
+        folds=args.folds,
+        ranking=not args.pairs_only,
         ranking_sample=args.ranking_sample,
-    )  # fmt: skip
+    )
     if args.output:
         write_report(report, Path(args.output))
     print(markdown_report(report))
@@ -236,8 +241,11 @@ def cmd_compress(args: argparse.Namespace, settings: Settings) -> int:
         except CompressionChangeRefused as exc:
             raise ConfigError(str(exc)) from None
         if changed:
-            print(f"{settings.weaviate_class}: vector compression {before} -> {settings.vector_compression}; "
-                  "compressing the stored vectors (searches keep working meanwhile)", flush=True)  # fmt: skip
+            print(
+                f"{settings.weaviate_class}: vector compression {before} -> {settings.vector_compression}; "
+                "compressing the stored vectors (searches keep working meanwhile)",
+                flush=True,
+            )
             left = wait_until_compressed(client, settings.weaviate_class, timeout=args.wait)
             if left:
                 print(
@@ -278,9 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", required=True, help="a folder with corpus.jsonl, queries.jsonl and qrels/test.tsv")
     ev.add_argument("--output", required=True, help="the folder for results.json and results.md")
     ev.add_argument(
-        "--modes", nargs="+", default=None, metavar="MODE",
+        "--modes",
+        nargs="+",
+        default=None,
+        metavar="MODE",
         help="vector, keyword, hybrid:ALPHA (default: vector keyword hybrid:0.3 hybrid:0.5 hybrid:0.7)",
-    )  # fmt: skip
+    )
     ev.add_argument("--limit-queries", type=int, default=None, metavar="N", help="only the first N judged queries")
     ev.add_argument(
         "--collection",
@@ -304,15 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
         "eval-duplicates", help="duplicate detection on labelled pairs and queries (DUPLICATE_THRESHOLD)"
     )
     du.add_argument(
-        "--dataset", default="../shared/datasets/duplicates",
+        "--dataset",
+        default="../shared/datasets/duplicates",
         help="a folder with gitbugs/ (corpus.jsonl, dev_queries.tsv, dev_pairs.tsv) and/or askubuntu/dev_pairs.tsv",
-    )  # fmt: skip
+    )
     du.add_argument("--folds", type=int, default=5, help="folds for choosing the threshold by cross-validation")
     du.add_argument("--pairs-only", action="store_true", help="skip the ranking form (embeds the whole GitBugs corpus)")
     du.add_argument(
-        "--ranking-sample", type=int, default=None, metavar="N",
+        "--ranking-sample",
+        type=int,
+        default=None,
+        metavar="N",
         help="rank against N sampled reports per project (plus every query and duplicate), non-duplicates reweighted",
-    )  # fmt: skip
+    )
     du.add_argument("--output", default=None, help="a folder for results.json and results.md")
     du.set_defaults(func=cmd_eval_duplicates)
     ea = sub.add_parser("eval-answers", help="answer quality of the RAG chain as served (the configured LLM_PROVIDER)")
@@ -331,13 +346,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ea.add_argument("--holdout-every", type=int, default=10, metavar="N", help="every Nth ticket is a question (10)")
     ea.add_argument(
-        "--holdout-offset", type=int, default=0, metavar="R",
+        "--holdout-offset",
+        type=int,
+        default=0,
+        metavar="R",
         help="questions are the tickets at R, R+N, ... (0; tune on another R, report on 0)",
-    )  # fmt: skip
+    )
     ea.add_argument(
-        "--distractors", type=int, default=None, metavar="N",
-        help="ingest only the asked queries' judged documents and each one's N best BM25 matches (default: the whole corpus)",
-    )  # fmt: skip
+        "--distractors",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ingest only the asked queries' judged documents and each one's N best BM25 matches (default: the whole "
+        "corpus)",
+    )
     ea.add_argument(
         "--fit-escalation", action="store_true", help="fit the evidence score on the BEIR questions (2-fold CV)"
     )
@@ -355,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     rx.set_defaults(func=cmd_reindex)
     cp = sub.add_parser(
         "compress",
-        help="turn on VECTOR_COMPRESSION for the collection that holds the tickets (in place; stop an embedded-mode service first)",
+        help="turn on VECTOR_COMPRESSION for the collection that holds the tickets (in place; stop an embedded-mode "
+        "service first)",
     )
     cp.add_argument(
         "--wait", type=float, default=3600, help="seconds to wait for the compression to finish (default 3600)"

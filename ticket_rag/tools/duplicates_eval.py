@@ -30,7 +30,6 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from ticket_rag.embeddings.cache import CachedEmbeddings
-from ticket_rag.tools.evaluation import source_commit
 from ticket_rag.errors import ConfigError
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.classifier import Vocabulary
@@ -143,9 +142,13 @@ def score_ranking(
             grp.append(g)
             wt.append(1.0 if ids[n] in relevant else negative_weight)
     info = {
-        "queries": len(queries), "documents": len(ids), "corpus": sum(full_size.values()), "sample_per_project": sample,
-        "candidates": len(cos), "duplicates": int(sum(lab)),
-    }  # fmt: skip
+        "queries": len(queries),
+        "documents": len(ids),
+        "corpus": sum(full_size.values()),
+        "sample_per_project": sample,
+        "candidates": len(cos),
+        "duplicates": int(sum(lab)),
+    }
     return Scored(np.array(cos), np.array(kw), np.array(lab), np.array(grp), np.array(wt)), info
 
 

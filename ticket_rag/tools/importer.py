@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,7 @@ def parse_mapping(preset: str | None, pairs: list[str]) -> dict[str, Any]:
     return mapping
 
 
-def _value(row: dict[str, Any], spec: Any) -> Any:
+def _value(row: Mapping[str, Any], spec: Any) -> Any:
     if isinstance(spec, list):
         return [str(row[c]).strip() for c in spec if row.get(c) not in (None, "")]
     if isinstance(spec, str) and spec.startswith("="):
@@ -122,7 +122,7 @@ def _value(row: dict[str, Any], spec: Any) -> Any:
     return row.get(spec)
 
 
-def map_row(row: dict[str, Any], mapping: dict[str, Any]) -> dict[str, Any]:
+def map_row(row: Mapping[str, Any], mapping: Mapping[str, Any]) -> dict[str, Any]:
     """One source row as a TicketCreate payload (not yet validated)."""
     if "__error__" in row:
         raise ValueError(row["__error__"])

@@ -26,16 +26,16 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 from pydantic import ValidationError
 
-from ticket_rag.tools.duplicates_eval import embed
 from ticket_rag.embeddings.cache import CachedEmbeddings
-from ticket_rag.tools.evaluation import source_commit
-from ticket_rag.tools.importer import map_row, read_rows
 from ticket_rag.errors import ConfigError
 from ticket_rag.settings import Settings
 from ticket_rag.tickets.keywords import KeywordAnalyzer
 from ticket_rag.tickets.schemas import TicketCreate
 from ticket_rag.tickets.store import embedded_text
 from ticket_rag.tickets.triage import FIELDS, Prediction, TriageParams, floor_for, fold_of, out_of_fold, ticket_terms
+from ticket_rag.tools.duplicates_eval import embed
+from ticket_rag.tools.evaluation import source_commit
+from ticket_rag.tools.importer import map_row, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +152,12 @@ def field_metrics(truth: list[str | None], predictions: list[Prediction | None],
         "floor_for_90": floor,
         "coverage_at_floor": kept_share,
         "held_out_floor_check": {
-            "accuracy": float(sum(h for _, h, _ in held_out) / max(sum(k for k, _, _ in held_out), 1)) if held_out else None,
-            "coverage": float(sum(k for k, _, _ in held_out) / max(sum(n for _, _, n in held_out), 1)) if held_out else 0.0,
+            "accuracy": float(sum(h for _, h, _ in held_out) / max(sum(k for k, _, _ in held_out), 1))
+            if held_out
+            else None,
+            "coverage": float(sum(k for k, _, _ in held_out) / max(sum(n for _, _, n in held_out), 1))
+            if held_out
+            else 0.0,
         },
     }
 
@@ -195,13 +199,21 @@ def run_triage_eval(
         embeddings = build_embeddings(settings)
     cached = CachedEmbeddings.for_settings(embeddings, settings)
     try:
-        data = load_labelled(path, mapping, embeddings=cached, analyzer=KeywordAnalyzer(settings.keyword_stemmer), fmt=fmt)
+        data = load_labelled(
+            path, mapping, embeddings=cached, analyzer=KeywordAnalyzer(settings.keyword_stemmer), fmt=fmt
+        )
     finally:
         cached.cache.close()
     if not data.labels and not data.tags:
         raise ConfigError("the mapping labels none of category, priority, type or tags: nothing to evaluate")
     oof = out_of_fold(
-        vectors=data.vectors, terms=data.terms, labels=data.labels, tags=data.tags, folds=folds, params=params, methods=METHODS
+        vectors=data.vectors,
+        terms=data.terms,
+        labels=data.labels,
+        tags=data.tags,
+        folds=folds,
+        params=params,
+        methods=METHODS,
     )
     fold = fold_of(len(data.terms), folds)
     fields: dict[str, Any] = {}
@@ -232,12 +244,15 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     lines = [
         f"# Triage quality: {Path(report['file']).name}",
         "",
-        f"{report['tickets']} tickets ({report['failed_rows']} rows not readable), {report['folds']}-fold cross-validation; "
+        f"{report['tickets']} tickets ({report['failed_rows']} rows not readable), {report['folds']}-fold "
+        "cross-validation; "
         f"model `{report['model']['name']}` ({report['model']['backend']}). `vote`: similarity-weighted vote of the "
-        f"{report['params']['k']} nearest tickets; `linear`: logistic regression on the vector + TF-IDF of the stemmed terms; "
+        f"{report['params']['k']} nearest tickets; `linear`: logistic regression on the vector + TF-IDF of the "
+        "stemmed terms; "
         f"`blend`: their average weighted {report['params']['blend_vote']:g} for the vote.",
         "",
-        "| field | method | accuracy | macro-F1 | majority | acc@30% | acc@50% | acc@80% | ECE | floor for 90% | coverage there | held-out acc / cov |",
+        "| field | method | accuracy | macro-F1 | majority | acc@30% | acc@50% | acc@80% | ECE | floor for 90% | "
+        "coverage there | held-out acc / cov |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for field, methods in report["fields"].items():
@@ -246,12 +261,18 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             check = m["held_out_floor_check"]
             lines.append(
                 f"| {field} | {method} | {pct(m['accuracy'])} | {pct(m['macro_f1'])} | {pct(m['majority_accuracy'])} "
-                f"| {pct(at['30%'])} | {pct(at['50%'])} | {pct(at['80%'])} | {pct(m['ece'])} | {pct(m['floor_for_90'])} "
+                f"| {pct(at['30%'])} | {pct(at['50%'])} | {pct(at['80%'])} | {pct(m['ece'])} | "
+                f"{pct(m['floor_for_90'])} "
                 f"| {pct(m['coverage_at_floor'])} | {pct(check['accuracy'])} / {pct(check['coverage'])} |"
             )
     if report.get("tags"):
-        lines += ["", "Tags (vote of the nearest tickets; a tag is suggested when its weighted share reaches the floor):", "",
-                  "| tag floor | precision | recall | F1 |", "| ---: | ---: | ---: | ---: |"]  # fmt: skip
+        lines += [
+            "",
+            "Tags (vote of the nearest tickets; a tag is suggested when its weighted share reaches the floor):",
+            "",
+            "| tag floor | precision | recall | F1 |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
         for floor, m in report["tags"].items():
             lines.append(f"| {floor} | {pct(m['precision'])} | {pct(m['recall'])} | {pct(m['f1'])} |")
     commit = f" at commit {report['commit']}" if report.get("commit") else ""
