@@ -8,6 +8,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ticket_rag.errors import ConfigError
 from ticket_rag.settings import Settings, load_settings
@@ -262,15 +263,19 @@ def cmd_compress(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ticket-rag", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _serve_parser(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the API (embedded Weaviate unless WEAVIATE_URL is set)")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.set_defaults(func=cmd_serve)
+
+
+def _setup_parser(sub: Any) -> None:
     setup = sub.add_parser("setup", help="build/fetch and verify the Weaviate binary and the model weights")
     setup.set_defaults(func=cmd_setup)
+
+
+def _import_parser(sub: Any) -> None:
     imp = sub.add_parser("import", help="import a CSV or JSONL export into a running service")
     imp.add_argument("file")
     imp.add_argument("--collection", default=None, help="target collection (default: the service's default)")
@@ -282,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--batch-size", type=int, default=64)
     imp.add_argument("--restart", action="store_true", help="ignore the checkpoint of an earlier run")
     imp.set_defaults(func=cmd_import)
+
+
+def _eval_parser(sub: Any) -> None:
     ev = sub.add_parser("eval", help="retrieval quality on a BEIR-format dataset, through the service's own store")
     ev.add_argument("--dataset", required=True, help="a folder with corpus.jsonl, queries.jsonl and qrels/test.tsv")
     ev.add_argument("--output", required=True, help="the folder for results.json and results.md")
@@ -301,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="the embedded Weaviate's data folder (default: a temporary one)")
     ev.add_argument("--batch-size", type=int, default=64, help="documents per upsert_many call")
     ev.set_defaults(func=cmd_eval)
+
+
+def _eval_triage_parser(sub: Any) -> None:
     tr = sub.add_parser(
         "eval-triage", help="k-fold quality of queue, priority, type and tag suggestions on a labelled file"
     )
@@ -311,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--folds", type=int, default=5)
     tr.add_argument("--output", default=None, help="a folder for results.json and results.md")
     tr.set_defaults(func=cmd_eval_triage)
+
+
+def _eval_duplicates_parser(sub: Any) -> None:
     du = sub.add_parser(
         "eval-duplicates", help="duplicate detection on labelled pairs and queries (DUPLICATE_THRESHOLD)"
     )
@@ -330,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     du.add_argument("--output", default=None, help="a folder for results.json and results.md")
     du.set_defaults(func=cmd_eval_duplicates)
+
+
+def _eval_answers_parser(sub: Any) -> None:
     ea = sub.add_parser("eval-answers", help="answer quality of the RAG chain as served (the configured LLM_PROVIDER)")
     ea.add_argument(
         "--beir", default=None, metavar="DIR", help="a BEIR folder: each judged query asked answerable and unanswerable"
@@ -367,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--evidence-model-out", default=None, metavar="JSON", help="where --fit-escalation writes the model"
     )
     ea.set_defaults(func=cmd_eval_answers)
+
+
+def _reindex_parser(sub: Any) -> None:
     rx = sub.add_parser(
         "reindex",
         help="recompute stored tickets' keyword terms (stop an embedded-mode service first; vectors are kept)",
@@ -375,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--collection", action="append", default=None, help="only this collection (repeatable; default: all)"
     )
     rx.set_defaults(func=cmd_reindex)
+
+
+def _compress_parser(sub: Any) -> None:
     cp = sub.add_parser(
         "compress",
         help="turn on VECTOR_COMPRESSION for the collection that holds the tickets (in place; stop an embedded-mode "
@@ -384,6 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=float, default=3600, help="seconds to wait for the compression to finish (default 3600)"
     )
     cp.set_defaults(func=cmd_compress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticket-rag", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _setup_parser(sub)
+    _import_parser(sub)
+    _eval_parser(sub)
+    _eval_triage_parser(sub)
+    _eval_duplicates_parser(sub)
+    _eval_answers_parser(sub)
+    _reindex_parser(sub)
+    _compress_parser(sub)
     return parser
 
 
