@@ -72,11 +72,11 @@ def load_base(settings: Any, scifact_docs: int, chars: int = 300) -> Base:
     """Real vectors of the demo tickets and of the first SciFact abstracts, embedded once (disk cache)."""
     from ticket_rag.embeddings.cache import CachedEmbeddings
     from ticket_rag.embeddings.model import build_embeddings
-    from ticket_rag.tools.evaluation import load_beir, ticket_from_doc
-    from ticket_rag.tools.importer import PRESETS, map_row
     from ticket_rag.tickets.keywords import KeywordAnalyzer
     from ticket_rag.tickets.schemas import TicketCreate
     from ticket_rag.tickets.store import embedded_text
+    from ticket_rag.tools.evaluation import load_beir, ticket_from_doc
+    from ticket_rag.tools.importer import PRESETS, map_row
 
     tickets: list[TicketCreate] = []
     with (DATASETS / "tickets" / "tobi_bueck_en_de.csv").open(newline="", encoding="utf-8") as fh:
@@ -92,7 +92,9 @@ def load_base(settings: Any, scifact_docs: int, chars: int = 300) -> Base:
     cached = CachedEmbeddings.for_settings(build_embeddings(settings), settings)
     started = time.perf_counter()
     try:
-        vectors = np.asarray(cached.embed_documents([embedded_text(t.title, t.description[:chars]) for t in tickets]), dtype=np.float32)
+        vectors = np.asarray(
+            cached.embed_documents([embedded_text(t.title, t.description[:chars]) for t in tickets]), dtype=np.float32
+        )
     finally:
         cached.cache.close()
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -115,7 +117,12 @@ def synthetic(base: Base, start: int, count: int, *, seed: int) -> tuple[np.ndar
     weights = rng.uniform(0.0, 0.5, (count, 2)).astype(np.float32)
     noise = rng.standard_normal((count, DIM), dtype=np.float32)
     noise *= 0.4 / np.linalg.norm(noise, axis=1, keepdims=True)
-    v = base.vectors[primary] + weights[:, :1] * base.vectors[others[:, 0]] + weights[:, 1:] * base.vectors[others[:, 1]] + noise
+    v = (
+        base.vectors[primary]
+        + weights[:, :1] * base.vectors[others[:, 0]]
+        + weights[:, 1:] * base.vectors[others[:, 1]]
+        + noise
+    )
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v, primary
 
@@ -165,12 +172,12 @@ def run_one(
     truth_for: Callable[[int], np.ndarray], settings: Any, workdir: Path, batch: int, writers: int,
     extra_env: dict[str, str], hnsw: dict[str, int], import_minutes: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Import `size` tickets into a fresh Weaviate with this compression (fewer if import_minutes run out), then measure it."""
+    """Import `size` tickets into a fresh Weaviate with this compression (fewer if import_minutes run out), measured."""
     from weaviate.classes.data import DataObject
 
     from ticket_rag.runtime.artifacts import ensure_weaviate_binary
-    from ticket_rag.tickets.store import TicketStore
     from ticket_rag.runtime.weaviate import EmbeddedWeaviate, connect, free_port
+    from ticket_rag.tickets.store import TicketStore
 
     data = workdir / f"{size}-{compression}"
     weaviate = EmbeddedWeaviate(
@@ -192,15 +199,17 @@ def run_one(
         def objects(start: int, vectors: np.ndarray, primary: np.ndarray) -> list[Any]:
             out = []
             for i, (vec, p) in enumerate(zip(vectors, primary, strict=True)):
-                props = {"title": base.titles[p], "description": base.descriptions[p], **base.terms[p],
-                         "priority": "medium", "status": "open", "tags": [], "created_at": now, "updated_at": now}  # fmt: skip
+                props = {"title": base.titles[p], "description": base.descriptions[p], **base.terms[p], "tags": [],
+                         "priority": "medium", "status": "open", "created_at": now, "updated_at": now}  # fmt: skip
                 out.append(DataObject(properties=props, uuid=uuid.UUID(int=start + i + 1), vector=vec.tolist()))
             return out
 
         def send(objs: list[Any]) -> None:
             outcome = tenant.data.insert_many(objs)
             if outcome.has_errors:
-                raise RuntimeError(f"{len(outcome.errors)} tickets refused: {next(iter(outcome.errors.values())).message}")
+                raise RuntimeError(
+                    f"{len(outcome.errors)} tickets refused: {next(iter(outcome.errors.values())).message}"
+                )
 
         cpu_before = cpu_seconds(pid)
         started = time.perf_counter()
@@ -209,14 +218,19 @@ def run_one(
             pending: list[Any] = []
             for start, vectors, primary in chunks(base, size, seed=1):
                 for s in range(0, len(vectors), batch):
-                    pending.append(pool.submit(send, objects(start + s, vectors[s : s + batch], primary[s : s + batch])))
+                    pending.append(
+                        pool.submit(send, objects(start + s, vectors[s : s + batch], primary[s : s + batch]))
+                    )
                     while len(pending) > writers * 2:
                         pending.pop(0).result()
                 done += len(vectors)
                 print(f"  {compression}: {done:,} sent, {time.perf_counter() - started:.0f} s, "
                       f"Weaviate RSS {memory_mib(pid)['rss']:.0f} MiB", flush=True)  # fmt: skip
                 if import_minutes is not None and time.perf_counter() - started > import_minutes * 60 and done < size:
-                    print(f"  {compression}: import budget of {import_minutes:g} min spent: measuring at {done:,}", flush=True)
+                    print(
+                        f"  {compression}: import budget of {import_minutes:g} min spent: measuring at {done:,}",
+                        flush=True,
+                    )
                     result.update(planned_size=size, size=done)
                     break
             for f in pending:
@@ -233,7 +247,9 @@ def run_one(
         )  # fmt: skip
 
         def vector_search(i: int) -> list[int]:
-            hits = store.search_by_vector(query_vector=queries[i].tolist(), collection="default", limit=10, mode="vector")
+            hits = store.search_by_vector(
+                query_vector=queries[i].tolist(), collection="default", limit=10, mode="vector"
+            )
             return [h.ticket.id.int - 1 for h in hits]
 
         def hybrid_search(i: int) -> None:
@@ -276,7 +292,8 @@ def run_one(
 def table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| tickets | compression | import | Weaviate RSS after import (anon / file) | peak RSS | disk | recall@10 "
-        "| vector 1 client p50 / p99 | vector 16 clients p50 / p99, q/s | hybrid 1 client p50 / p99 | hybrid 16 clients p50 / p99, q/s |",
+        "| vector 1 client p50 / p99 | vector 16 clients p50 / p99, q/s "
+        "| hybrid 1 client p50 / p99 | hybrid 16 clients p50 / p99, q/s |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
@@ -299,6 +316,12 @@ def _merged(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[di
     return sorted([r for r in earlier if (r["size"], r["compression"]) not in keys] + new, key=lambda r: r["size"])
 
 
+def _loads(rows: list[dict[str, Any]]) -> str:
+    """The machine's 5-minute load average at the end of each run, as a range (older records have none)."""
+    loads = [r["run"]["load_average"] for r in rows if "load_average" in r.get("run", {})]
+    return f" (5-minute load average {min(loads):g}-{max(loads):g} at the end of the runs)" if loads else ""
+
+
 def write_section(path: Path, section: str) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if BEGIN in text and END in text:
@@ -317,17 +340,28 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--scifact-docs", type=int, default=100, help="SciFact abstracts among the real base vectors")
     parser.add_argument("--batch", type=int, default=1000, help="tickets per gRPC batch")
-    parser.add_argument("--import-minutes", type=float, default=None,
-                        help="stop importing after this long (at a 50,000 boundary) and measure what is stored")
+    parser.add_argument(
+        "--import-minutes",
+        type=float,
+        default=None,
+        help="stop importing after this long (at a 50,000 boundary) and measure what is stored",
+    )
     parser.add_argument("--writers", type=int, default=2, help="batches in flight at once")
     parser.add_argument("--async-indexing", action="store_true", help="Weaviate's ASYNC_INDEXING=true")
     parser.add_argument("--ef-construction", type=int, default=None)
     parser.add_argument("--max-connections", type=int, default=None)
     parser.add_argument("--workdir", default=None, help="where the Weaviate data goes (default: a temporary folder)")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
-    parser.add_argument("--merge", nargs="+", default=[], metavar="JSON",
-                        help="results of other runs (their benchmarks-scale.json) to keep in the table, unless measured again")
-    parser.add_argument("--render-only", action="store_true", help="measure nothing: write the table of the --merge files")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="results of other runs (their benchmarks-scale.json) to keep in the table, unless measured again",
+    )
+    parser.add_argument(
+        "--render-only", action="store_true", help="measure nothing: write the table of the --merge files"
+    )
     args = parser.parse_args()
     if args.quick:
         args.plan, args.queries, args.scifact_docs = ["5000:none,rq8"], 200, 100
@@ -337,19 +371,24 @@ def main() -> int:
         plan = []
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ticket_rag.tools.evaluation import source_commit
     from ticket_rag.settings import load_settings
+    from ticket_rag.tools.evaluation import source_commit
 
     began = time.perf_counter()
     settings = load_settings(_env_file=None, llm_provider="none")
     command = " ".join(["python -m bench.scale", *sys.argv[1:]])
     if plan:
         base = load_base(settings, args.scifact_docs)
-        print(f"base: {len(base.vectors)} real vectors ({base.embed_seconds:.0f} s to embed or read from the cache)", flush=True)
+        print(
+            f"base: {len(base.vectors)} real vectors ({base.embed_seconds:.0f} s to embed or read from the cache)",
+            flush=True,
+        )
         queries, query_primary = synthetic(base, 0, args.queries, seed=2)
         query_titles = [base.titles[p] for p in query_primary]
     extra_env = {"ASYNC_INDEXING": "true"} if args.async_indexing else {}
-    hnsw = {k: v for k, v in (("ef_construction", args.ef_construction), ("max_connections", args.max_connections)) if v}
+    hnsw = {
+        k: v for k, v in (("ef_construction", args.ef_construction), ("max_connections", args.max_connections)) if v
+    }
     options = f"batches of {args.batch}, {args.writers} writers" + (", ASYNC_INDEXING" if args.async_indexing else "")
     if hnsw:
         options += ", " + ", ".join(f"{k} {v}" for k, v in hnsw.items())
@@ -358,13 +397,15 @@ def main() -> int:
     out_json = Path(args.output).with_name("benchmarks-scale.json")
     results: list[dict[str, Any]] = []
     for size, compressions in plan:
-        truths: dict[int, np.ndarray] = {}
 
-        def truth_for(n: int) -> np.ndarray:
+        def truth_for(n: int, truths: dict[int, np.ndarray] = {}) -> np.ndarray:  # noqa: B006 (one cache per size)
             if n not in truths:
                 started = time.perf_counter()
                 truths[n] = exact_top10(base, n, queries, settings.cache_dir / "bench-scale")
-                print(f"{n:,}: exact top-10 of {len(queries)} queries in {time.perf_counter() - started:.0f} s", flush=True)
+                print(
+                    f"{n:,}: exact top-10 of {len(queries)} queries in {time.perf_counter() - started:.0f} s",
+                    flush=True,
+                )
             return truths[n]
 
         for compression in compressions:
@@ -373,8 +414,9 @@ def main() -> int:
                         truth_for=truth_for, settings=settings, workdir=workdir, batch=args.batch, writers=args.writers,
                         extra_env=extra_env, hnsw=hnsw, import_minutes=args.import_minutes)  # fmt: skip
             print(json.dumps(r), flush=True)
-            r["run"] = {"at": f"{datetime.now(UTC):%Y-%m-%d %H:%M}", "commit": source_commit() or "?", "command": command,
-                        "options": options, "base_vectors": len(base.vectors), "queries": len(queries)}  # fmt: skip
+            r["run"] = {"at": f"{datetime.now(UTC):%Y-%m-%d %H:%M}", "commit": source_commit() or "?",
+                        "command": command, "options": options, "base_vectors": len(base.vectors),
+                        "queries": len(queries), "load_average": round(os.getloadavg()[1], 1)}  # fmt: skip
             results.append(r)
             if not args.quick:
                 out_json.write_text(json.dumps({"results": _merged(earlier, results)}, indent=1))
@@ -388,12 +430,12 @@ def main() -> int:
         "## A million tickets: vector compression (`bench.scale`)",
         "",
         "Runs: " + "; ".join(f"`.venv/bin/{c}` ({at}, commit {commit}; {opts})" for c, at, commit, opts in sorted(runs))
-        + f". Machine: {os.cpu_count()} cores ({cpu}), shared with three other developers' work (load average 8-11 "
-        f"during these runs), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python "
-        f"{platform.python_version()}, Weaviate {settings.weaviate_version}. How the vectors are made: the docstring of "
-        "bench/scale.py. Import time runs until Weaviate is idle again; latencies are TicketStore.search_by_vector with "
-        "the query vector given (10 results with their properties); recall@10 is against brute-force exact search over "
-        "1,000 queries. Each row's date and whole record: docs/benchmarks-scale.json.",
+        + f". Machine: {os.cpu_count()} cores ({cpu}), shared with other work{_loads(rows)}, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python "
+        f"{platform.python_version()}, Weaviate {settings.weaviate_version}. How the vectors are made: the docstring "
+        "of bench/scale.py. Import time runs until Weaviate is idle again; latencies are TicketStore.search_by_vector "
+        "with the query vector given (10 results with their properties); recall@10 is against brute-force exact search "
+        "over 1,000 queries. Each row's date and whole record: docs/benchmarks-scale.json.",
         "",
         *table(rows),
         END,
@@ -402,7 +444,9 @@ def main() -> int:
     print(f"whole run {total / 60:.1f} min")
     if not args.quick:
         write_section(Path(args.output), section)
-        out_json.write_text(json.dumps({"results": rows, "total_seconds": round(total, 1), "command": command}, indent=1))
+        out_json.write_text(
+            json.dumps({"results": rows, "total_seconds": round(total, 1), "command": command}, indent=1)
+        )
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
