@@ -22,16 +22,23 @@ from weaviate.classes.config import Reconfigure
 from weaviate.classes.data import DataObject
 
 from ticket_rag.runtime.artifacts import ensure_weaviate_binary
-from ticket_rag.settings import load_settings
-from ticket_rag.tickets.compression import current_compression, enable_compression, uncompressed_tenants, wait_until_compressed
-from ticket_rag.tickets.store import TicketStore
 from ticket_rag.runtime.weaviate import EmbeddedWeaviate, connect, free_port
+from ticket_rag.settings import load_settings
+from ticket_rag.tickets.compression import (
+    current_compression,
+    enable_compression,
+    uncompressed_tenants,
+    wait_until_compressed,
+)
+from ticket_rag.tickets.store import TicketStore
 
 
 def _update(client: Any, name: str, quantizer: Any) -> str:
     try:
         client.collections.use(name).config.update(
-            vector_config=Reconfigure.Vectors.update(name="default", vector_index_config=Reconfigure.VectorIndex.hnsw(quantizer=quantizer))
+            vector_config=Reconfigure.Vectors.update(
+                name="default", vector_index_config=Reconfigure.VectorIndex.hnsw(quantizer=quantizer)
+            )
         )
     except Exception as exc:  # the point is to see what is refused, and how
         return f"refused: {str(exc)[:160]}"
@@ -58,24 +65,40 @@ def main() -> int:
                 )
             enable_compression(client, "Plain", "rq8")
             left = wait_until_compressed(client, "Plain", timeout=120)
-            print(f"none -> rq8 (ticket-rag compress): {current_compression(client, 'Plain')}, uncompressed tenants {left}")
+            print(
+                f"none -> rq8 (ticket-rag compress): {current_compression(client, 'Plain')}, uncompressed tenants "
+                f"{left}"
+            )
             print(f"rq8 -> rq1 (client): {_update(client, 'Switch', q.rq(bits=1))}")
             print(f"rq8 -> bq (client): {_update(client, 'Switch', q.bq())}")
             print(f"rq8 -> pq (client): {_update(client, 'Switch', q.pq())}")
-            print(f"rq8 -> off (client, rq enabled=False): {_update(client, 'Off', q.rq(enabled=False))}; "
-                  f"tenants still compressed: {not uncompressed_tenants(client, 'Off')}")  # fmt: skip
+            print(
+                f"rq8 -> off (client, rq enabled=False): {_update(client, 'Off', q.rq(enabled=False))}; "
+                f"tenants still compressed: {not uncompressed_tenants(client, 'Off')}"
+            )
             schema = json.load(urllib.request.urlopen(f"{server.url}/v1/schema/Rest"))
             index = schema["vectorConfig"]["default"]["vectorIndexConfig"]
             index["rq"]["enabled"], index["bq"]["enabled"] = False, True
-            request = urllib.request.Request(f"{server.url}/v1/schema/Rest", data=json.dumps(schema).encode(), method="PUT",
-                                             headers={"Content-Type": "application/json"})  # fmt: skip
+            request = urllib.request.Request(
+                f"{server.url}/v1/schema/Rest",
+                data=json.dumps(schema).encode(),
+                method="PUT",
+                headers={"Content-Type": "application/json"},
+            )
             with urllib.request.urlopen(request) as response:
-                print(f"rq8 -> bq (REST PUT of the schema): HTTP {response.status}; the schema now says {current_compression(client, 'Rest')}")
+                print(
+                    f"rq8 -> bq (REST PUT of the schema): HTTP {response.status}; the schema now says "
+                    f"{current_compression(client, 'Rest')}"
+                )
     with EmbeddedWeaviate(binary=binary, data_dir=folder, **ports) as server:
         with connect(url=server.url, grpc_url=f"127.0.0.1:{server.grpc_port}") as client:
             for name in ("Plain", "Off", "Switch", "Rest"):
                 try:
-                    hits = client.collections.use(name).with_tenant("default").query.near_vector(near_vector=vectors[5].tolist(), limit=1)
+                    hits = (
+                        client.collections.use(name)
+                        .with_tenant("default")
+                        .query.near_vector(near_vector=vectors[5].tolist(), limit=1)
+                    )
                     state = f"answers ({len(hits.objects)} hit)"
                 except Exception as exc:  # a collection that no longer loads
                     state = f"FAILS: {str(exc)[:120]}"

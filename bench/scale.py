@@ -168,10 +168,21 @@ def disk_mib(path: Path) -> float:
 
 
 def run_one(
-    *, base: Base, size: int, compression: str, queries: np.ndarray, query_titles: list[str],
-    truth_for: Callable[[int], np.ndarray], settings: Any, workdir: Path, batch: int, writers: int,
-    extra_env: dict[str, str], hnsw: dict[str, int], import_minutes: float | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    *,
+    base: Base,
+    size: int,
+    compression: str,
+    queries: np.ndarray,
+    query_titles: list[str],
+    truth_for: Callable[[int], np.ndarray],
+    settings: Any,
+    workdir: Path,
+    batch: int,
+    writers: int,
+    extra_env: dict[str, str],
+    hnsw: dict[str, int],
+    import_minutes: float | None = None,
+) -> dict[str, Any]:
     """Import `size` tickets into a fresh Weaviate with this compression (fewer if import_minutes run out), measured."""
     from weaviate.classes.data import DataObject
 
@@ -181,9 +192,13 @@ def run_one(
 
     data = workdir / f"{size}-{compression}"
     weaviate = EmbeddedWeaviate(
-        binary=ensure_weaviate_binary(settings.cache_dir, settings.weaviate_version), data_dir=data,
-        http_port=free_port(), grpc_port=free_port(), extra_env=extra_env, startup_timeout=600,
-    )  # fmt: skip
+        binary=ensure_weaviate_binary(settings.cache_dir, settings.weaviate_version),
+        data_dir=data,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        extra_env=extra_env,
+        startup_timeout=600,
+    )
     weaviate.start()
     assert weaviate.process is not None
     pid = weaviate.process.pid
@@ -199,8 +214,16 @@ def run_one(
         def objects(start: int, vectors: np.ndarray, primary: np.ndarray) -> list[Any]:
             out = []
             for i, (vec, p) in enumerate(zip(vectors, primary, strict=True)):
-                props = {"title": base.titles[p], "description": base.descriptions[p], **base.terms[p], "tags": [],
-                         "priority": "medium", "status": "open", "created_at": now, "updated_at": now}  # fmt: skip
+                props = {
+                    "title": base.titles[p],
+                    "description": base.descriptions[p],
+                    **base.terms[p],
+                    "tags": [],
+                    "priority": "medium",
+                    "status": "open",
+                    "created_at": now,
+                    "updated_at": now,
+                }
                 out.append(DataObject(properties=props, uuid=uuid.UUID(int=start + i + 1), vector=vec.tolist()))
             return out
 
@@ -224,8 +247,11 @@ def run_one(
                     while len(pending) > writers * 2:
                         pending.pop(0).result()
                 done += len(vectors)
-                print(f"  {compression}: {done:,} sent, {time.perf_counter() - started:.0f} s, "
-                      f"Weaviate RSS {memory_mib(pid)['rss']:.0f} MiB", flush=True)  # fmt: skip
+                print(
+                    f"  {compression}: {done:,} sent, {time.perf_counter() - started:.0f} s, "
+                    f"Weaviate RSS {memory_mib(pid)['rss']:.0f} MiB",
+                    flush=True,
+                )
                 if import_minutes is not None and time.perf_counter() - started > import_minutes * 60 and done < size:
                     print(
                         f"  {compression}: import budget of {import_minutes:g} min spent: measuring at {done:,}",
@@ -241,10 +267,14 @@ def run_one(
         count = tenant.aggregate.over_all(total_count=True).total_count
         truth = truth_for(done)
         result.update(
-            import_seconds=round(imported, 1), send_seconds=round(sent, 1), settle_seconds=round(settled, 1),
-            import_cpu_seconds=round(cpu_seconds(pid) - cpu_before, 1), stored=count,
-            tickets_per_second=round(done / imported, 1), after_import=memory_mib(pid),
-        )  # fmt: skip
+            import_seconds=round(imported, 1),
+            send_seconds=round(sent, 1),
+            settle_seconds=round(settled, 1),
+            import_cpu_seconds=round(cpu_seconds(pid) - cpu_before, 1),
+            stored=count,
+            tickets_per_second=round(done / imported, 1),
+            after_import=memory_mib(pid),
+        )
 
         def vector_search(i: int) -> list[int]:
             hits = store.search_by_vector(
@@ -253,8 +283,14 @@ def run_one(
             return [h.ticket.id.int - 1 for h in hits]
 
         def hybrid_search(i: int) -> None:
-            store.search_by_vector(query_vector=queries[i].tolist(), query=query_titles[i], collection="default",
-                                   limit=10, mode="hybrid", alpha=0.5)  # fmt: skip
+            store.search_by_vector(
+                query_vector=queries[i].tolist(),
+                query=query_titles[i],
+                collection="default",
+                limit=10,
+                mode="hybrid",
+                alpha=0.5,
+            )
 
         for i in range(50):  # warm-up, not measured
             vector_search(i)
@@ -280,7 +316,7 @@ def run_one(
             hybrid_1={"p50": pct(hyb1, 50) * 1000, "p99": pct(hyb1, 99) * 1000},
             hybrid_16={"p50": pct(hyb16, 50) * 1000, "p99": pct(hyb16, 99) * 1000, "qps": n / hwall16},
             after_search=memory_mib(pid),
-        )  # fmt: skip
+        )
     finally:
         client.close()
         weaviate.stop(timeout=300)
@@ -334,8 +370,13 @@ def write_section(path: Path, section: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", nargs="+", default=None, metavar="SIZE:COMPRESSION,...",
-                        help=f"what to run (default: {' '.join(DEFAULT_PLAN)})")  # fmt: skip
+    parser.add_argument(
+        "--plan",
+        nargs="+",
+        default=None,
+        metavar="SIZE:COMPRESSION,...",
+        help=f"what to run (default: {' '.join(DEFAULT_PLAN)})",
+    )
     parser.add_argument("--quick", action="store_true", help="5,000 tickets, none and rq8, 200 queries; writes nothing")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--scifact-docs", type=int, default=100, help="SciFact abstracts among the real base vectors")
@@ -410,36 +451,66 @@ def main() -> int:
 
         for compression in compressions:
             print(f"{size:,} tickets, {compression}:", flush=True)
-            r = run_one(base=base, size=size, compression=compression, queries=queries, query_titles=query_titles,
-                        truth_for=truth_for, settings=settings, workdir=workdir, batch=args.batch, writers=args.writers,
-                        extra_env=extra_env, hnsw=hnsw, import_minutes=args.import_minutes)  # fmt: skip
+            r = run_one(
+                base=base,
+                size=size,
+                compression=compression,
+                queries=queries,
+                query_titles=query_titles,
+                truth_for=truth_for,
+                settings=settings,
+                workdir=workdir,
+                batch=args.batch,
+                writers=args.writers,
+                extra_env=extra_env,
+                hnsw=hnsw,
+                import_minutes=args.import_minutes,
+            )
             print(json.dumps(r), flush=True)
-            r["run"] = {"at": f"{datetime.now(UTC):%Y-%m-%d %H:%M}", "commit": source_commit() or "?",
-                        "command": command, "options": options, "base_vectors": len(base.vectors),
-                        "queries": len(queries), "load_average": round(os.getloadavg()[1], 1)}  # fmt: skip
+            r["run"] = {
+                "at": f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
+                "commit": source_commit() or "?",
+                "command": command,
+                "options": options,
+                "base_vectors": len(base.vectors),
+                "queries": len(queries),
+                "load_average": round(os.getloadavg()[1], 1),
+            }
             results.append(r)
             if not args.quick:
                 out_json.write_text(json.dumps({"results": _merged(earlier, results)}, indent=1))
     total = time.perf_counter() - began
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     rows = _merged(earlier, results)
     runs = {(r["run"]["command"], r["run"]["at"][:10], r["run"]["commit"], r["run"]["options"]) for r in rows}
-    section = "\n".join([
-        BEGIN,
-        "## A million tickets: vector compression (`bench.scale`)",
-        "",
-        "Runs: " + "; ".join(f"`.venv/bin/{c}` ({at}, commit {commit}; {opts})" for c, at, commit, opts in sorted(runs))
-        + f". Machine: {os.cpu_count()} cores ({cpu}), shared with other work{_loads(rows)}, "
-        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python "
-        f"{platform.python_version()}, Weaviate {settings.weaviate_version}. How the vectors are made: the docstring "
-        "of bench/scale.py. Import time runs until Weaviate is idle again; latencies are TicketStore.search_by_vector "
-        "with the query vector given (10 results with their properties); recall@10 is against brute-force exact search "
-        "over 1,000 queries. Each row's date and whole record: docs/benchmarks-scale.json.",
-        "",
-        *table(rows),
-        END,
-    ])  # fmt: skip
+    section = "\n".join(
+        [
+            BEGIN,
+            "## A million tickets: vector compression (`bench.scale`)",
+            "",
+            "Runs: "
+            + "; ".join(f"`.venv/bin/{c}` ({at}, commit {commit}; {opts})" for c, at, commit, opts in sorted(runs))
+            + f". Machine: {os.cpu_count()} cores ({cpu}), shared with other work{_loads(rows)}, "
+            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python "
+            f"{platform.python_version()}, Weaviate {settings.weaviate_version}. How the vectors are made: the "
+            "docstring "
+            "of bench/scale.py. Import time runs until Weaviate is idle again; latencies are "
+            "TicketStore.search_by_vector "
+            "with the query vector given (10 results with their properties); recall@10 is against brute-force exact "
+            "search "
+            "over 1,000 queries. Each row's date and whole record: docs/benchmarks-scale.json.",
+            "",
+            *table(rows),
+            END,
+        ]
+    )
     print(section)
     print(f"whole run {total / 60:.1f} min")
     if not args.quick:

@@ -193,7 +193,9 @@ class Settings(BaseSettings):
 
     @property
     def anonymous_allowed(self) -> bool:
-        """Anonymous callers get full access: the development default, and only by ALLOW_ANONYMOUS=true in production."""
+        """Anonymous callers get full access: the development default, and only by ALLOW_ANONYMOUS=true
+        in production.
+        """
         return self.allow_anonymous if self.allow_anonymous is not None else self.environment == "development"
 
     @property

@@ -80,7 +80,9 @@ def _update_quantizer(compression: str, rescore_limit: int | None) -> Any:
 
 
 def current_compression(client: weaviate.WeaviateClient, class_name: str) -> str:
-    """The compression an existing collection was created or last updated with (sq for a scalar quantizer set elsewhere)."""
+    """The compression an existing collection was created or last updated with (sq for a scalar
+    quantizer set elsewhere).
+    """
     config = client.collections.use(class_name).config.get()
     vectors = config.vector_config or {}
     index = vectors[VECTOR_NAME].vector_index_config if VECTOR_NAME in vectors else config.vector_index_config
@@ -147,5 +149,9 @@ def warn_if_compression_differs(client: weaviate.WeaviateClient, class_name: str
         how = "run `ticket-rag compress`" if have == "none" else "create a new collection and re-import"
         logger.warning(
             "Weaviate collection %s keeps vector compression %s; VECTOR_COMPRESSION=%s applies only to collections "
-            "created from now on (%s; docs/scaling.md)", class_name, have, compression, how,
-        )  # fmt: skip
+            "created from now on (%s; docs/scaling.md)",
+            class_name,
+            have,
+            compression,
+            how,
+        )
