@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -262,3 +264,22 @@ def test_triage_and_duplicate_routes_respect_roles_and_scopes(settings: Settings
         assert client.post(link, json={"ticket_id": a["id"]}, headers=reader).status_code == 403
         assert client.post(link, json={"ticket_id": a["id"]}, headers=other).status_code == 404
         assert client.get(f"/tickets/{a['id']}/duplicates?collection=acme", headers=other).status_code == 404
+
+
+def test_the_first_triage_answers_at_once_from_the_vote_while_the_model_is_fitted(
+    settings: Settings, embeddings: Embeddings
+) -> None:
+    # The default refresh: a new collection's model is fitted in the background, never while a client waits for it.
+    with TestClient(create_app(settings, embeddings=embeddings)) as client:
+        _seed(client, "fresh")
+        first = _triage(
+            client, "We were billed twice", "Two charges for one invoice.", collection="fresh", min_confidence=0
+        )
+        assert first["model"] == "vote"
+        assert first["fields"]["category"]["value"] == "Billing"
+        fits = [t for t in threading.enumerate() if t.name == "triage-fresh"]
+        assert len(fits) <= 1, "one background fit per collection, however many requests"
+        deadline = time.monotonic() + 60
+        while _triage(client, "Invoice total wrong", "Billed more than agreed.", collection="fresh")["model"] == "vote":
+            assert time.monotonic() < deadline, "the background fit never finished"
+            time.sleep(0.5)

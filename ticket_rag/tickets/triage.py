@@ -231,6 +231,7 @@ class TriageService:
         self._checked: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._fitting: set[str] = set()  # collections with a background fit under way
 
     def _lock(self, collection: str) -> threading.Lock:
         with self._guard:
@@ -249,9 +250,13 @@ class TriageService:
         self._checked[collection] = now
         if current is None and wait or self.refresh_seconds == 0:
             return self._refit(collection)
-        threading.Thread(
-            target=self._refit_quietly, args=(collection,), daemon=True, name=f"triage-{collection}"
-        ).start()
+        with self._guard:  # one background fit per collection at a time, however many requests arrive meanwhile
+            start = collection not in self._fitting
+            self._fitting.add(collection)
+        if start:
+            threading.Thread(
+                target=self._refit_quietly, args=(collection,), daemon=True, name=f"triage-{collection}"
+            ).start()
         return current
 
     def vocabulary(self, collection: str) -> classifier.Vocabulary | None:
@@ -264,6 +269,9 @@ class TriageService:
             self._refit(collection)
         except Exception:  # a background refit must not die loudly; the old model keeps answering
             logger.exception("triage refit of collection %s failed", collection)
+        finally:
+            with self._guard:
+                self._fitting.discard(collection)
 
     def _refit(self, collection: str) -> CollectionModel | None:
         lock = self._lock(collection)
