@@ -8,6 +8,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ticket_rag.errors import ConfigError
@@ -71,18 +72,24 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    from pathlib import Path
-
-    from ticket_rag.tools.importer import Importer, parse_mapping
+def _mapped_file(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The file to read and its column mapping (--preset, --map), for import and eval-triage."""
+    from ticket_rag.tools.importer import parse_mapping
 
     path = Path(args.file)
     if not path.is_file():
         raise ConfigError(f"no file at {path}")
     try:
-        mapping = parse_mapping(args.preset, args.map or [])
+        return path, parse_mapping(args.preset, args.map or [])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+
+    from ticket_rag.tools.importer import Importer
+
+    path, mapping = _mapped_file(args)
     importer = Importer(
         url=args.url or f"http://{settings.host}:{settings.port}",
         collection=args.collection,
@@ -130,19 +137,13 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_eval_triage(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from ticket_rag.tools.importer import parse_mapping
-    from ticket_rag.tools.triage_eval import markdown_report, run_triage_eval, write_report
+    from ticket_rag.tools.evaluation import write_report
+    from ticket_rag.tools.triage_eval import markdown_report, run_triage_eval
 
-    path = Path(args.file)
-    if not path.is_file():
-        raise ConfigError(f"no file at {path}")
-    try:
-        mapping = parse_mapping(args.preset, args.map or [])
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    path, mapping = _mapped_file(args)
     report = run_triage_eval(path=path, mapping=mapping, settings=settings, folds=args.folds, fmt=args.format)
     if args.output:
-        write_report(report, Path(args.output))
+        write_report(report, Path(args.output), markdown=markdown_report)
     print(markdown_report(report))
     return 0
 
@@ -150,7 +151,8 @@ def cmd_eval_triage(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_eval_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from ticket_rag.tools.duplicates_eval import markdown_report, run_duplicates_eval, write_report
+    from ticket_rag.tools.duplicates_eval import markdown_report, run_duplicates_eval
+    from ticket_rag.tools.evaluation import write_report
 
     report = run_duplicates_eval(
         dataset_dir=Path(args.dataset),
@@ -160,7 +162,7 @@ def cmd_eval_duplicates(args: argparse.Namespace, settings: Settings) -> int:
         ranking_sample=args.ranking_sample,
     )
     if args.output:
-        write_report(report, Path(args.output))
+        write_report(report, Path(args.output), markdown=markdown_report)
     print(markdown_report(report))
     return 0
 

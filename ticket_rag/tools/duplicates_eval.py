@@ -367,9 +367,3 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         ]
     lines += ["", f"Run {report['started_at']} to {report['finished_at']}{commit}.", ""]
     return "\n".join(lines)
-
-
-def write_report(report: Mapping[str, Any], output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (output_dir / "results.md").write_text(markdown_report(report), encoding="utf-8")

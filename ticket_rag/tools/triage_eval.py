@@ -14,7 +14,6 @@ other folds and measuring it on the held-out one.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -278,10 +277,3 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     commit = f" at commit {report['commit']}" if report.get("commit") else ""
     lines += ["", f"Run {report['started_at']} to {report['finished_at']}{commit}.", ""]
     return "\n".join(lines)
-
-
-def write_report(report: Mapping[str, Any], output_dir: Path) -> None:
-    """results.json and results.md in output_dir."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (output_dir / "results.md").write_text(markdown_report(report), encoding="utf-8")
