@@ -55,10 +55,11 @@ def index_config(
     )
 
 
-def _quantizer(compression: str, rescore_limit: int | None) -> Any:
-    q = Configure.VectorIndex.Quantizer
-    if compression == "none":
-        return q.none()
+def _quantizer(compression: str, rescore_limit: int | None, *, update: bool = False) -> Any:
+    """Weaviate's quantizer config for a setting: for a new collection, or (update) for one that exists."""
+    q = (Reconfigure if update else Configure).VectorIndex.Quantizer
+    if compression == "none" and not update:
+        return Configure.VectorIndex.Quantizer.none()
     if compression in ("rq8", "rq1"):
         return q.rq(bits=int(compression[2:]), rescore_limit=rescore_limit)
     if compression == "bq":
@@ -66,17 +67,6 @@ def _quantizer(compression: str, rescore_limit: int | None) -> Any:
     if compression == "pq":
         return q.pq()
     raise ValueError(f"unknown vector compression {compression!r}: one of {', '.join(COMPRESSIONS)}")
-
-
-def _update_quantizer(compression: str, rescore_limit: int | None) -> Any:
-    q = Reconfigure.VectorIndex.Quantizer
-    if compression in ("rq8", "rq1"):
-        return q.rq(bits=int(compression[2:]), rescore_limit=rescore_limit)
-    if compression == "bq":
-        return q.bq(rescore_limit=rescore_limit)
-    if compression == "pq":
-        return q.pq()
-    raise ValueError(f"unknown vector compression {compression!r}")
 
 
 def current_compression(client: weaviate.WeaviateClient, class_name: str) -> str:
@@ -121,7 +111,9 @@ def enable_compression(
     client.collections.use(class_name).config.update(
         vector_config=Reconfigure.Vectors.update(
             name=VECTOR_NAME,
-            vector_index_config=Reconfigure.VectorIndex.hnsw(quantizer=_update_quantizer(compression, rescore_limit)),
+            vector_index_config=Reconfigure.VectorIndex.hnsw(
+                quantizer=_quantizer(compression, rescore_limit, update=True)
+            ),
         )
     )
     logger.info("turned on %s vector compression for Weaviate collection %s", compression, class_name)
