@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
@@ -249,15 +250,17 @@ class RagSteps:
         for state in [s async for s in states]:
             yield AddableDict(sources=state["sources"])
             started, outcome = time.perf_counter(), Outcome()
-            async for chunk in self._answer_text(state, config, outcome):
-                yield chunk
+            # aclosing: a client that stops reading closes the model's stream now, not at garbage collection.
+            async with aclosing(self._answer_text(state, config, outcome)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
             yield AddableDict(metadata=self._metadata(state, config, outcome, started))
 
     # --- the answer, one way per provider --------------------------------------------------------------
 
     async def _answer_text(
         self, state: RagState, config: RunnableConfig, outcome: Outcome
-    ) -> AsyncIterator[AddableDict]:
+    ) -> AsyncGenerator[AddableDict, None]:
         refs = [s["ref"] for s in state["sources"]]
         evidence, llm = state["evidence"], self.llm
         verdict: Sufficiency | None = None
@@ -282,16 +285,18 @@ class RagSteps:
             sanitizer = AnswerSanitizer(refs)  # ticket text is untrusted: no links, images or markup in an answer
             yield AddableDict(answer=sanitizer.feed(listing(state["sources"])) + sanitizer.close())
         elif self.local:
-            async for chunk in self._local(llm, state, config, refs, outcome):
-                yield chunk
+            async with aclosing(self._local(llm, state, config, refs, outcome)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
         elif verdict is not None and not verdict.answerable:
             outcome.kind = "escalation"
             yield AddableDict(
                 answer=SUFFICIENCY_ANSWER.format(reason=as_data(verdict.reason, 300) or "no reason given")
             )
         else:
-            async for chunk in self._generate(llm, state, config, refs, outcome):
-                yield chunk
+            async with aclosing(self._generate(llm, state, config, refs, outcome)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
 
     def _extractive(self, state: RagState, refs: list[str]) -> str:
         return extractive_answer(state["evidence"], state["all_docs"], state["docs"], refs)
@@ -320,7 +325,7 @@ class RagSteps:
 
     async def _local(
         self, llm: BaseChatModel, state: RagState, config: RunnableConfig, refs: list[str], outcome: Outcome
-    ) -> AsyncIterator[AddableDict]:
+    ) -> AsyncGenerator[AddableDict, None]:
         """The guarded local model: its whole answer when it is sound, else the extractive answer and why."""
         outcome.generated, outcome.kind = True, "generated"
         sanitizer = AnswerSanitizer(refs, keep_citations=False)
@@ -346,7 +351,7 @@ class RagSteps:
 
     async def _generate(
         self, llm: BaseChatModel, state: RagState, config: RunnableConfig, refs: list[str], outcome: Outcome
-    ) -> AsyncIterator[AddableDict]:
+    ) -> AsyncGenerator[AddableDict, None]:
         """Groq (or an injected model), streamed through the sanitiser and stopped if it starts to loop."""
         outcome.generated, outcome.kind = True, "generated"
         sanitizer, loop = AnswerSanitizer(refs, keep_citations=not self.offline), RepetitionGuard()

@@ -254,9 +254,14 @@ class TriageService:
             start = collection not in self._fitting
             self._fitting.add(collection)
         if start:
-            threading.Thread(
-                target=self._refit_quietly, args=(collection,), daemon=True, name=f"triage-{collection}"
-            ).start()
+            try:
+                threading.Thread(
+                    target=self._refit_quietly, args=(collection,), daemon=True, name=f"triage-{collection}"
+                ).start()
+            except RuntimeError:  # no thread to be had: the next request tries again
+                with self._guard:
+                    self._fitting.discard(collection)
+                raise
         return current
 
     def vocabulary(self, collection: str) -> classifier.Vocabulary | None:

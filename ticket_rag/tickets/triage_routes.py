@@ -23,8 +23,9 @@ def triage_ticket(body: TriageRequest, settings: SettingsDep, triage: TriageDep,
     tickets; stores nothing.
     """
     collection = who.collection(body.collection, settings.default_collection)
-    # The first request over a collection never waits for its model: the vote of the nearest labelled tickets answers
-    # at once while the model is fitted in the background (minutes for 10,000 tickets on two cores).
+    # The first request over a collection does not wait for its model: the vote of the nearest labelled tickets answers
+    # at once while the model is fitted in the background (minutes for 10,000 tickets on two cores). Only with
+    # TRIAGE_REFRESH_SECONDS=0 (refit on every call, for tests) is the fit done in line.
     return triage.suggest(
         title=body.title,
         description=body.description,
