@@ -163,6 +163,36 @@ def memory_mib(pid: int) -> dict[str, float]:
     return {"rss": fields["VmRSS"], "anon": fields["RssAnon"], "file": fields["RssFile"], "peak": fields["VmHWM"]}
 
 
+def confine(pid: int, limit_gib: float) -> Path:
+    """Put a process in a memory cgroup of limit_gib (page cache included, as the kernel counts it); its folder.
+
+    cgroup v1 (memory.limit_in_bytes) or v2 (memory.max); needs write access to /sys/fs/cgroup (root here).
+    """
+    limit = str(int(limit_gib * 2**30))
+    v1 = Path("/sys/fs/cgroup/memory")
+    if (v1 / "memory.limit_in_bytes").exists():
+        group = v1 / f"ticket-rag-scale-{pid}"
+        group.mkdir(exist_ok=True)
+        (group / "memory.limit_in_bytes").write_text(limit)
+    else:
+        root = Path("/sys/fs/cgroup")
+        if "memory" not in (root / "cgroup.controllers").read_text().split():
+            raise SystemExit("--memory-limit: no memory cgroup controller on this machine")
+        group = root / f"ticket-rag-scale-{pid}"
+        group.mkdir(exist_ok=True)
+        (group / "memory.max").write_text(limit)
+    (group / "cgroup.procs").write_text(str(pid))
+    return group
+
+
+def cgroup_peak_mib(group: Path) -> float | None:
+    """The most memory the cgroup ever charged (RSS and page cache), MiB."""
+    for name in ("memory.max_usage_in_bytes", "memory.peak"):
+        if (group / name).exists():
+            return int((group / name).read_text().split()[0]) / 2**20
+    return None
+
+
 def disk_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -182,6 +212,7 @@ def run_one(
     extra_env: dict[str, str],
     hnsw: dict[str, int],
     import_minutes: float | None = None,
+    memory_limit: float | None = None,
 ) -> dict[str, Any]:
     """Import `size` tickets into a fresh Weaviate with this compression (fewer if import_minutes run out), measured."""
     from weaviate.classes.data import DataObject
@@ -191,6 +222,10 @@ def run_one(
     from ticket_rag.tickets.store import TicketStore
 
     data = workdir / f"{size}-{compression}"
+    if memory_limit:
+        # The Go heap's soft limit, below the cgroup's hard one, so the collector works harder rather than the
+        # kernel killing the process; the rest of the cgroup is page cache for the vectors and objects on disk.
+        extra_env = {**extra_env, "GOMEMLIMIT": f"{int((memory_limit - 0.75) * 1024)}MiB"}
     weaviate = EmbeddedWeaviate(
         binary=ensure_weaviate_binary(settings.cache_dir, settings.weaviate_version),
         data_dir=data,
@@ -202,9 +237,13 @@ def run_one(
     weaviate.start()
     assert weaviate.process is not None
     pid = weaviate.process.pid
+    group = confine(pid, memory_limit) if memory_limit else None
     client = connect(url=weaviate.url, grpc_url=f"127.0.0.1:{weaviate.grpc_port}", timeout=120)
     client.connect()
     result: dict[str, Any] = {"size": size, "compression": compression}
+    if memory_limit:
+        result["memory_limit_gib"] = memory_limit
+        result["gomemlimit"] = extra_env["GOMEMLIMIT"]
     try:
         store = TicketStore(client=client, embeddings=None, class_name="Ticket", compression=compression, **hnsw)  # type: ignore[arg-type]
         store.ensure_schema(default_collection="default")
@@ -317,9 +356,13 @@ def run_one(
             hybrid_16={"p50": pct(hyb16, 50) * 1000, "p99": pct(hyb16, 99) * 1000, "qps": n / hwall16},
             after_search=memory_mib(pid),
         )
+        if group is not None:
+            result["cgroup_peak_mib"] = cgroup_peak_mib(group)
     finally:
         client.close()
         weaviate.stop(timeout=300)
+    if group is not None:
+        group.rmdir()
     result["disk_mib"] = round(disk_mib(data / "weaviate"), 1)
     shutil.rmtree(data, ignore_errors=True)
     return result
@@ -337,7 +380,8 @@ def table(results: list[dict[str, Any]]) -> list[str]:
         v1, v16, h1, h16 = r["vector_1"], r["vector_16"], r["hybrid_1"], r["hybrid_16"]
         lines.append(
             f"| {r['size']:,}{' (of ' + format(r['planned_size'], ',') + ' planned)' if 'planned_size' in r else ''} "
-            f"| {r['compression']} | {r['import_seconds'] / 60:.1f} min ({r['tickets_per_second']:,.0f}/s) "
+            f"| {r['compression']}{_limited(r)} "
+            f"| {r['import_seconds'] / 60:.1f} min ({r['tickets_per_second']:,.0f}/s) "
             f"| {a['rss']:,.0f} MiB ({a['anon']:,.0f} / {a['file']:,.0f}) | {max(a['peak'], s['peak']):,.0f} MiB "
             f"| {r['disk_mib']:,.0f} MiB | {r['recall_at_10']:.4f} "
             f"| {v1['p50']:.1f} / {v1['p99']:.1f} ms | {v16['p50']:.1f} / {v16['p99']:.1f} ms, {v16['qps']:.0f} "
@@ -346,10 +390,18 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _limited(r: dict[str, Any]) -> str:
+    return f", Weaviate capped at {r['memory_limit_gib']:g} GiB" if r.get("memory_limit_gib") else ""
+
+
 def _merged(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Earlier rows not measured again, then this run's; sorted by size, then compression as planned."""
-    keys = {(r["size"], r["compression"]) for r in new}
-    return sorted([r for r in earlier if (r["size"], r["compression"]) not in keys] + new, key=lambda r: r["size"])
+
+    def key(r: dict[str, Any]) -> tuple[int, str, float]:
+        return r["size"], r["compression"], r.get("memory_limit_gib") or 0.0
+
+    keys = {key(r) for r in new}
+    return sorted([r for r in earlier if key(r) not in keys] + new, key=lambda r: r["size"])
 
 
 def _loads(rows: list[dict[str, Any]]) -> str:
@@ -388,6 +440,13 @@ def main() -> int:
         help="stop importing after this long (at a 50,000 boundary) and measure what is stored",
     )
     parser.add_argument("--writers", type=int, default=2, help="batches in flight at once")
+    parser.add_argument(
+        "--memory-limit",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="run Weaviate in a memory cgroup of this size (page cache included) with GOMEMLIMIT 0.75 GiB below it",
+    )
     parser.add_argument("--async-indexing", action="store_true", help="Weaviate's ASYNC_INDEXING=true")
     parser.add_argument("--ef-construction", type=int, default=None)
     parser.add_argument("--max-connections", type=int, default=None)
@@ -433,6 +492,8 @@ def main() -> int:
     options = f"batches of {args.batch}, {args.writers} writers" + (", ASYNC_INDEXING" if args.async_indexing else "")
     if hnsw:
         options += ", " + ", ".join(f"{k} {v}" for k, v in hnsw.items())
+    if args.memory_limit:
+        options += f", Weaviate in a {args.memory_limit:g} GiB memory cgroup"
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ticket-rag-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     out_json = Path(args.output).with_name("benchmarks-scale.json")
@@ -465,6 +526,7 @@ def main() -> int:
                 extra_env=extra_env,
                 hnsw=hnsw,
                 import_minutes=args.import_minutes,
+                memory_limit=args.memory_limit,
             )
             print(json.dumps(r), flush=True)
             r["run"] = {

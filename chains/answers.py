@@ -12,7 +12,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import RunnableConfig
 
 from chains.evidence import EvidenceModel, evidence_features
-from chains.extractive import Ranked, candidates, compose, rank, select
+from chains.extractive import MORE_SENTENCES, NEAR_DUPLICATE, Ranked, candidates, compose, rank, select
 from chains.grounding import ungrounded
 from chains.guard import Degeneracy, RepetitionGuard, degeneracy
 from ticket_rag.tickets.keywords import KeywordAnalyzer
@@ -101,7 +101,8 @@ def extractive_answer(
         new = index.get(str(all_docs[item.candidate.ticket].metadata["id"]))
         if new is not None:
             ranked.append(Ranked(_moved(item, new), item.match, item.score))
-    chosen = select(ranked)
+    near_duplicate = evidence.features.get("top_cosine", 0.0) >= NEAR_DUPLICATE
+    chosen = select(ranked, more=0 if near_duplicate else MORE_SENTENCES)
     if not chosen:
         return "\n".join(
             ["The relevant past tickets, with no sentence that answers directly:"] + [f"- [{r}]" for r in refs]
