@@ -20,7 +20,7 @@ from tests.fakes.groq_server import FakeGroq, Reply
 from tests.tools.test_evaluation import cut_scifact_slice
 from ticket_rag.settings import Settings
 from ticket_rag.tools import answer_metrics as am
-from ticket_rag.tools.answer_eval import cross_validate_escalation, run_answer_eval
+from ticket_rag.tools.answer_eval import ANSWERABLE_GOLD, cross_validate_escalation, run_answer_eval, ticket_escalation
 from ticket_rag.tools.cli import main
 
 TICKETS = DATASETS / "tickets" / "tobi_bueck_en_de.csv"
@@ -65,6 +65,23 @@ def test_escalation_is_cross_validated_by_query() -> None:
     assert cv is not None and len(cv["folds"]) == 2
     assert all(f["tested_on"] == 20 for f in cv["folds"])
     assert cv["held_out"]["auc"] > 0.9 and cv["top_cosine_auc"] > 0.9
+
+
+def test_ticket_questions_should_escalate_when_no_retrieved_resolution_is_close_to_the_real_answer() -> None:
+    # two answerable questions (the top resolution is close to the gold), two not; the gate escalated one of each
+    rows = [
+        {"evidence_score": 0.9, "escalation_risk": 0.1, "escalated": False, "top_resolution_similarity": 0.93},
+        {"evidence_score": 0.5, "escalation_risk": 0.5, "escalated": True, "top_resolution_similarity": 0.85},
+        {"evidence_score": 0.7, "escalation_risk": 0.3, "escalated": False, "top_resolution_similarity": 0.62},
+        {"evidence_score": 0.2, "escalation_risk": 0.8, "escalated": True, "top_resolution_similarity": 0.41},
+    ]
+    report = ticket_escalation(rows)
+    assert report is not None and report["answerable"] == 2
+    assert [r["should_escalate"] for r in rows] == [False, False, True, True]
+    served = report["as_served"]
+    assert (served["precision"], served["recall"], served["auc"]) == (0.5, 0.5, 0.75)
+    assert ticket_escalation([{"evidence_score": None, "top_resolution_similarity": 0.9}]) is None
+    assert 0.5 < ANSWERABLE_GOLD < 1
 
 
 def _ticket_slice(target: Path, rows: int = 60) -> Path:
@@ -112,6 +129,7 @@ def test_extractive_answers_are_cited_grounded_and_clean(
     written = json.loads((tmp_path / "out" / "results.json").read_text())
     assert written["escalation"]["cross_validated"]["held_out"]["questions"] == 12
     assert "| answerable | 6 |" in (tmp_path / "out" / "results.md").read_text()
+    assert written["ticket_escalation"]["as_served"]["questions"] == 6
 
 
 FAULTS: list[tuple[str, list[str]]] = [

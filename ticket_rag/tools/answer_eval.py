@@ -58,6 +58,9 @@ from ticket_rag.tools.importer import PRESETS, map_row, read_rows
 logger = logging.getLogger(__name__)
 
 QUESTION_MAX = 2000  # RagInput's question limit
+# A ticket question counts as answerable from the past tickets when the resolution of the top ticket retrieved is at
+# least this close (cosine) to its real answer: the escalation label of the ticket mode, which has no judgements.
+ANSWERABLE_GOLD = 0.8
 _OFFLINE_NOTE = re.compile(r"Answered by the offline fallback model \([^)]*\); check the cited tickets\.")
 
 
@@ -475,8 +478,27 @@ def run_answer_eval(
             report["escalation"]["fitted"] = model.to_json()
             if evidence_model_out is not None:
                 evidence_model_out.write_text(json.dumps(model.to_json(), indent=2) + "\n", encoding="utf-8")
+    report["ticket_escalation"] = ticket_escalation([r for r in records if r["mode"] == "ticket"])
     write_report(report, output_dir, markdown=markdown_answer_report)
     return report
+
+
+def ticket_escalation(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Escalation on ticket questions against the label ANSWERABLE_GOLD gives: should a question escalate because
+    no retrieved ticket's resolution is close to its real answer? (Sets each row's should_escalate.)"""
+    rows = [r for r in rows if r.get("evidence_score") is not None and r.get("top_resolution_similarity") is not None]
+    if not rows:
+        return None
+    for r in rows:
+        r["should_escalate"] = r["top_resolution_similarity"] < ANSWERABLE_GOLD
+    should = [r["should_escalate"] for r in rows]
+    risk = [r["escalation_risk"] for r in rows]
+    return {
+        "label": f"top retrieved ticket's resolution has cosine < {ANSWERABLE_GOLD} to the real answer",
+        "answerable": len(rows) - sum(should),
+        "as_served": am.escalation_scores([r["escalated"] for r in rows], should, risk),
+        "curve": am.threshold_curve(risk, should),
+    }
 
 
 def _cpus() -> int | None:
@@ -607,6 +629,23 @@ def markdown_answer_report(report: Mapping[str, Any]) -> str:
             f"the top ticket's resolution returned as it is; on the {m['questions'] - m['escalated']} answered "
             "questions "
             f"{_cell(m['gold_similarity_answered'])} against {_cell(m['top_resolution_similarity_answered'])}.",
+        ]
+    tickets = report.get("ticket_escalation")
+    if tickets:
+        served = tickets["as_served"]
+        lines += [
+            "",
+            f'Escalation of ticket questions, against the label "{tickets["label"]}" '
+            f"({tickets['answerable']} of {served['questions']} answerable): precision {_cell(served['precision'])}, "
+            f"recall {_cell(served['recall'])}, F1 {_cell(served['f1'])}, AUC {_cell(served['auc'])} "
+            f"({served['escalated']} escalated).",
+            "",
+            "| escalate below | precision | recall | F1 |",
+            "| ---: | ---: | ---: | ---: |",
+            *(
+                f"| {p['threshold']:.2f} | {p['precision']:.3f} | {p['recall']:.3f} | {p['f1']:.3f} |"
+                for p in tickets["curve"]
+            ),
         ]
     esc = report.get("escalation")
     if esc:
