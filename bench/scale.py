@@ -241,6 +241,8 @@ def run_one(
     client = connect(url=weaviate.url, grpc_url=f"127.0.0.1:{weaviate.grpc_port}", timeout=120)
     client.connect()
     result: dict[str, Any] = {"size": size, "compression": compression}
+    if any(k != "GOMEMLIMIT" for k in extra_env):
+        result["weaviate_env"] = {k: v for k, v in extra_env.items() if k != "GOMEMLIMIT"}
     if memory_limit:
         result["memory_limit_gib"] = memory_limit
         result["gomemlimit"] = extra_env["GOMEMLIMIT"]
@@ -380,7 +382,7 @@ def table(results: list[dict[str, Any]]) -> list[str]:
         v1, v16, h1, h16 = r["vector_1"], r["vector_16"], r["hybrid_1"], r["hybrid_16"]
         lines.append(
             f"| {r['size']:,}{' (of ' + format(r['planned_size'], ',') + ' planned)' if 'planned_size' in r else ''} "
-            f"| {r['compression']}{_limited(r)} "
+            f"| {r['compression']}{_variant(r)} "
             f"| {r['import_seconds'] / 60:.1f} min ({r['tickets_per_second']:,.0f}/s) "
             f"| {a['rss']:,.0f} MiB ({a['anon']:,.0f} / {a['file']:,.0f}) | {max(a['peak'], s['peak']):,.0f} MiB "
             f"| {r['disk_mib']:,.0f} MiB | {r['recall_at_10']:.4f} "
@@ -390,15 +392,19 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _limited(r: dict[str, Any]) -> str:
-    return f", Weaviate capped at {r['memory_limit_gib']:g} GiB" if r.get("memory_limit_gib") else ""
+def _variant(r: dict[str, Any]) -> str:
+    """How the run's Weaviate differed from the default one: a memory cap, more environment."""
+    parts = [f"{k}={v}" for k, v in sorted(r.get("weaviate_env", {}).items())]
+    if r.get("memory_limit_gib"):
+        parts.append(f"Weaviate capped at {r['memory_limit_gib']:g} GiB")
+    return "".join(f", {p}" for p in parts)
 
 
 def _merged(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Earlier rows not measured again, then this run's; sorted by size, then compression as planned."""
 
-    def key(r: dict[str, Any]) -> tuple[int, str, float]:
-        return r["size"], r["compression"], r.get("memory_limit_gib") or 0.0
+    def key(r: dict[str, Any]) -> tuple[int, str, str]:
+        return r["size"], r["compression"], _variant(r)
 
     keys = {key(r) for r in new}
     return sorted([r for r in earlier if key(r) not in keys] + new, key=lambda r: r["size"])
@@ -448,6 +454,13 @@ def main() -> int:
         help="run Weaviate in a memory cgroup of this size (page cache included) with GOMEMLIMIT 0.75 GiB below it",
     )
     parser.add_argument("--async-indexing", action="store_true", help="Weaviate's ASYNC_INDEXING=true")
+    parser.add_argument(
+        "--weaviate-env",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more environment for Weaviate, e.g. PERSISTENCE_LSM_ACCESS_STRATEGY=pread",
+    )
     parser.add_argument("--ef-construction", type=int, default=None)
     parser.add_argument("--max-connections", type=int, default=None)
     parser.add_argument("--workdir", default=None, help="where the Weaviate data goes (default: a temporary folder)")
@@ -486,6 +499,7 @@ def main() -> int:
         queries, query_primary = synthetic(base, 0, args.queries, seed=2)
         query_titles = [base.titles[p] for p in query_primary]
     extra_env = {"ASYNC_INDEXING": "true"} if args.async_indexing else {}
+    extra_env.update(kv.split("=", 1) for kv in args.weaviate_env)
     hnsw = {
         k: v for k, v in (("ef_construction", args.ef_construction), ("max_connections", args.max_connections)) if v
     }
@@ -494,6 +508,7 @@ def main() -> int:
         options += ", " + ", ".join(f"{k} {v}" for k, v in hnsw.items())
     if args.memory_limit:
         options += f", Weaviate in a {args.memory_limit:g} GiB memory cgroup"
+    options += "".join(f", {kv}" for kv in args.weaviate_env)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ticket-rag-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
     out_json = Path(args.output).with_name("benchmarks-scale.json")

@@ -52,6 +52,22 @@ class _AsciiJSONResponse(JSONResponse):
         return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
+def reject_above_cap(where: str, field: str, value: int, cap: int) -> None:
+    """Reject a count above its configured cap with the same 422 shape as schema validation."""
+    if value > cap:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "less_than_equal",
+                    "loc": (where, field),
+                    "msg": f"Input should be less than or equal to {cap}",
+                    "input": value,
+                    "ctx": {"le": cap},
+                }
+            ]
+        )
+
+
 def register_error_handlers(app: FastAPI) -> None:
     """Map domain errors to status codes; anything unexpected becomes a logged, generic 500."""
 

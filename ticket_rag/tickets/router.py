@@ -7,12 +7,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from chains.schemas import RagOutput
 from ticket_rag.api.deps import Admin, RagChainDep, Reader, SettingsDep, StoreDep, TriageDep, Writer
-from ticket_rag.api.http_errors import error_responses
+from ticket_rag.api.http_errors import error_responses, reject_above_cap
 from ticket_rag.errors import Forbidden, InvalidRequest
 from ticket_rag.tickets.duplicates import explain as explain_duplicates
 from ticket_rag.tickets.schemas import (
@@ -52,22 +51,6 @@ WRITE_ERRORS = error_responses(400, 403, 413)
 
 # Weaviate answers no query past its QUERY_MAXIMUM_RESULTS (10,000 by default): offset + limit stays within it.
 RESULT_WINDOW = 10_000
-
-
-def _cap(where: str, field: str, value: int, cap: int) -> None:
-    """Reject a count above its configured cap with the same 422 shape as schema validation."""
-    if value > cap:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "less_than_equal",
-                    "loc": (where, field),
-                    "msg": f"Input should be less than or equal to {cap}",
-                    "input": value,
-                    "ctx": {"le": cap},
-                }
-            ]
-        )
 
 
 def _filters(
@@ -241,7 +224,7 @@ def bulk_create(
 ) -> BulkResult:
     """Store up to BULK_MAX_BATCH tickets in one embedding pass and one Weaviate batch; idempotent by external_id
     (or by the Idempotency-Key header for tickets without one)."""
-    _cap("body", "tickets", len(body.tickets), settings.bulk_max_batch)
+    reject_above_cap("body", "tickets", len(body.tickets), settings.bulk_max_batch)
     by_collection: dict[str, list[int]] = {}
     for index, ticket in enumerate(body.tickets):
         name = who.collection(ticket.collection or body.collection, settings.default_collection)
@@ -287,8 +270,8 @@ def list_tickets(
     limit: Annotated[int, Query(ge=1)] = 50,
 ) -> TicketsPublic:
     """A page of tickets, newest first, filtered by priority, status, category, tags and creation time."""
-    _cap("query", "limit", limit, settings.page_max_size)
-    _cap("query", "offset", offset, RESULT_WINDOW - limit)
+    reject_above_cap("query", "limit", limit, settings.page_max_size)
+    reject_above_cap("query", "offset", offset, RESULT_WINDOW - limit)
     page = store.list_tickets(
         collection=who.collection(collection, settings.default_collection), filters=filters, offset=offset, limit=limit
     )
@@ -298,7 +281,7 @@ def list_tickets(
 @tickets.post("/search", response_model=SearchResults, responses=BODY_ERRORS)
 def search_tickets(body: SearchRequest, store: StoreDep, settings: SettingsDep, who: Reader) -> SearchResults:
     """Rank tickets by a query: vector (cosine similarity), keyword (BM25) or hybrid (fused score)."""
-    _cap("body", "limit", body.limit, settings.search_max_limit)
+    reject_above_cap("body", "limit", body.limit, settings.search_max_limit)
     collection = who.collection(body.collection, settings.default_collection)
     alpha = (body.alpha if body.alpha is not None else settings.hybrid_alpha) if body.mode == "hybrid" else None
     hits = store.search(
@@ -331,7 +314,7 @@ def similar_tickets(
     limit: Annotated[int, Query(ge=1)] = 5,
 ) -> SearchResults:
     """Tickets most similar to this one (cosine similarity of their vectors), itself excluded."""
-    _cap("query", "limit", limit, settings.search_max_limit)
+    reject_above_cap("query", "limit", limit, settings.search_max_limit)
     name = who.collection(collection, settings.default_collection)
     vector = store.get_vector(ticket_id=ticket_id, collection=name)
     hits = store.search_by_vector(query_vector=vector, collection=name, limit=limit, filters=filters, exclude=ticket_id)

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 
 from ticket_rag.api.deps import Reader, SettingsDep, StoreDep, TriageDep, Writer
-from ticket_rag.api.http_errors import error_responses
+from ticket_rag.api.http_errors import error_responses, reject_above_cap
 from ticket_rag.tickets import duplicates
-from ticket_rag.tickets.router import BODY_ERRORS, WRITE_ERRORS, CollectionQuery, _cap
+from ticket_rag.tickets.router import BODY_ERRORS, WRITE_ERRORS, CollectionQuery
 from ticket_rag.tickets.schemas import DuplicateHit, DuplicateLink, TicketPublic, Triage, TriageRequest
 
 router = APIRouter(prefix="/tickets", tags=["tickets"], responses=error_responses(401, 404, 429, 503))
@@ -48,7 +48,7 @@ def possible_duplicates(
     """Tickets that may duplicate this one (similarity >= DUPLICATE_THRESHOLD, rejected ones left out),
     each with why.
     """
-    _cap("query", "limit", limit, settings.search_max_limit)
+    reject_above_cap("query", "limit", limit, settings.search_max_limit)
     name = who.collection(collection, settings.default_collection)
     ticket = store.get(ticket_id=ticket_id, collection=name)
     vector = store.get_vector(ticket_id=ticket_id, collection=name)
