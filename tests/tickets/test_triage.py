@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pydantic import SecretStr
 
 from server import create_app
 from ticket_rag.settings import Settings
+from ticket_rag.tickets.triage import BACKGROUND_NICENESS, _yield_to_requests
 
 # Three queues a help desk might have, eight tickets each, worded differently.
 QUEUES = {
@@ -283,3 +285,19 @@ def test_the_first_triage_answers_at_once_from_the_vote_while_the_model_is_fitte
         while _triage(client, "Invoice total wrong", "Billed more than agreed.", collection="fresh")["model"] == "vote":
             assert time.monotonic() < deadline, "the background fit never finished"
             time.sleep(0.5)
+
+
+def test_a_background_fit_runs_at_a_lower_cpu_priority_than_requests() -> None:
+    seen: dict[str, int] = {}
+
+    def fit_thread() -> None:
+        _yield_to_requests()
+        seen["fit"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker = threading.Thread(target=fit_thread)
+    worker.start()
+    worker.join()
+    # the fitting thread is niced; the request threads (here the test's own) are not
+    assert seen["fit"] >= min(before + BACKGROUND_NICENESS, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

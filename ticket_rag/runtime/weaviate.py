@@ -389,6 +389,14 @@ def connect(
     return client
 
 
+def embedded_memory_env(settings: Settings) -> dict[str, str]:
+    """The embedded Weaviate's memory settings, as Weaviate's own environment."""
+    env: dict[str, str] = {"PERSISTENCE_LSM_ACCESS_STRATEGY": settings.weaviate_lsm_access}
+    if settings.weaviate_memory_limit:
+        env["GOMEMLIMIT"] = settings.weaviate_memory_limit
+    return env
+
+
 def build_weaviate(settings: Settings) -> tuple[weaviate.WeaviateClient, EmbeddedWeaviate | None]:
     """Start the embedded Weaviate if no WEAVIATE_URL is set, then connect to whichever serves."""
     embedded = None
@@ -404,6 +412,7 @@ def build_weaviate(settings: Settings) -> tuple[weaviate.WeaviateClient, Embedde
             http_port=settings.weaviate_http_port,
             grpc_port=settings.weaviate_grpc_port,
             startup_timeout=settings.weaviate_startup_timeout,
+            extra_env=embedded_memory_env(settings),
         )
         embedded.start()
         url, grpc_url = embedded.url, f"127.0.0.1:{embedded.grpc_port}"
