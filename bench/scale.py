@@ -171,17 +171,20 @@ def confine(pid: int, limit_gib: float) -> Path:
     limit = str(int(limit_gib * 2**30))
     v1 = Path("/sys/fs/cgroup/memory")
     if (v1 / "memory.limit_in_bytes").exists():
-        group = v1 / f"ticket-rag-scale-{pid}"
-        group.mkdir(exist_ok=True)
-        (group / "memory.limit_in_bytes").write_text(limit)
+        group, limit_file = v1 / f"ticket-rag-scale-{pid}", "memory.limit_in_bytes"
     else:
         root = Path("/sys/fs/cgroup")
-        if "memory" not in (root / "cgroup.controllers").read_text().split():
-            raise SystemExit("--memory-limit: no memory cgroup controller on this machine")
-        group = root / f"ticket-rag-scale-{pid}"
-        group.mkdir(exist_ok=True)
-        (group / "memory.max").write_text(limit)
-    (group / "cgroup.procs").write_text(str(pid))
+        control = root / "cgroup.subtree_control"
+        if not control.exists() or "memory" not in control.read_text().split():
+            raise SystemExit("--memory-limit: no memory cgroup controller enabled for child groups on this machine")
+        group, limit_file = root / f"ticket-rag-scale-{pid}", "memory.max"
+    group.mkdir(exist_ok=True)
+    try:
+        (group / limit_file).write_text(limit)
+        (group / "cgroup.procs").write_text(str(pid))
+    except OSError:
+        group.rmdir()
+        raise
     return group
 
 
@@ -237,16 +240,21 @@ def run_one(
     weaviate.start()
     assert weaviate.process is not None
     pid = weaviate.process.pid
-    group = confine(pid, memory_limit) if memory_limit else None
-    client = connect(url=weaviate.url, grpc_url=f"127.0.0.1:{weaviate.grpc_port}", timeout=120)
-    client.connect()
+    group: Path | None = None
+    client = None
     result: dict[str, Any] = {"size": size, "compression": compression}
-    if any(k != "GOMEMLIMIT" for k in extra_env):
-        result["weaviate_env"] = {k: v for k, v in extra_env.items() if k != "GOMEMLIMIT"}
+    # Every variable of Weaviate's environment that differs from ticket-rag's own, GOMEMLIMIT included unless it
+    # follows from the memory cap (then it is recorded beside the cap).
+    given = {k: v for k, v in extra_env.items() if not (memory_limit and k == "GOMEMLIMIT")}
+    if given:
+        result["weaviate_env"] = given
     if memory_limit:
         result["memory_limit_gib"] = memory_limit
         result["gomemlimit"] = extra_env["GOMEMLIMIT"]
     try:
+        group = confine(pid, memory_limit) if memory_limit else None
+        client = connect(url=weaviate.url, grpc_url=f"127.0.0.1:{weaviate.grpc_port}", timeout=120)
+        client.connect()
         store = TicketStore(client=client, embeddings=None, class_name="Ticket", compression=compression, **hnsw)  # type: ignore[arg-type]
         store.ensure_schema(default_collection="default")
         tenant = client.collections.use("Ticket").with_tenant("default")
@@ -361,10 +369,11 @@ def run_one(
         if group is not None:
             result["cgroup_peak_mib"] = cgroup_peak_mib(group)
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         weaviate.stop(timeout=300)
-    if group is not None:
-        group.rmdir()
+        if group is not None:
+            group.rmdir()  # empty once Weaviate has exited
     result["disk_mib"] = round(disk_mib(data / "weaviate"), 1)
     shutil.rmtree(data, ignore_errors=True)
     return result
@@ -499,7 +508,15 @@ def main() -> int:
         queries, query_primary = synthetic(base, 0, args.queries, seed=2)
         query_titles = [base.titles[p] for p in query_primary]
     extra_env = {"ASYNC_INDEXING": "true"} if args.async_indexing else {}
-    extra_env.update(kv.split("=", 1) for kv in args.weaviate_env)
+    for kv in args.weaviate_env:
+        key, eq, value = kv.partition("=")
+        if not eq or not key:
+            parser.error(f"--weaviate-env {kv!r}: expected KEY=VALUE")
+        extra_env[key] = value
+    if args.memory_limit is not None and args.memory_limit <= 1:
+        parser.error("--memory-limit: more than 1 GiB (GOMEMLIMIT is set 0.75 GiB below it)")
+    if args.memory_limit and "GOMEMLIMIT" in extra_env:
+        parser.error("--memory-limit sets GOMEMLIMIT itself: leave it out of --weaviate-env")
     hnsw = {
         k: v for k, v in (("ef_construction", args.ef_construction), ("max_connections", args.max_connections)) if v
     }

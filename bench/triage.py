@@ -126,6 +126,8 @@ def main() -> int:
         half = len(bodies) // 2
         during = [triage(b) for b in bodies[1:half]]
         while triage(bodies[0])[1] == "vote":  # until the fitted model answers
+            if time.perf_counter() - fit_started > 3600:
+                raise SystemExit("the collection's model was not fitted within an hour: see the service's log")
             time.sleep(0.5)
         fitted = time.perf_counter() - fit_started
         voted = [t for t, model in during if model == "vote"]

@@ -101,8 +101,14 @@ def extractive_answer(
         new = index.get(str(all_docs[item.candidate.ticket].metadata["id"]))
         if new is not None:
             ranked.append(Ranked(_moved(item, new), item.match, item.score))
-    near_duplicate = evidence.features.get("top_cosine", 0.0) >= NEAR_DUPLICATE
-    chosen = select(ranked, more=0 if near_duplicate else MORE_SENTENCES)
+    # The closest kept ticket with a resolution, when it is a near-duplicate of the question, is the answer alone.
+    resolved = {r.candidate.ticket for r in ranked if r.candidate.kind == "resolution"}
+    cosine = {n: float(kept[n].metadata.get("similarity") or 0.0) for n in resolved}
+    near = max(cosine, key=lambda n: (cosine[n], -n), default=None)
+    if near is not None and cosine[near] >= NEAR_DUPLICATE:
+        chosen = select(ranked, more=0, lead=near)
+    else:
+        chosen = select(ranked, more=MORE_SENTENCES)
     if not chosen:
         return "\n".join(
             ["The relevant past tickets, with no sentence that answers directly:"] + [f"- [{r}]" for r in refs]

@@ -35,10 +35,9 @@ TICKET_WEIGHT = 0.2
 # Further sentences must score within this of the best one, so that weak tickets are not cited.
 KEEP_WITHIN = 0.08
 # Lead with the whole resolution of the best-ranked retrieved ticket that has one: the reply to the most similar
-# problem. When no ticket is a near-duplicate of the question (best cosine below NEAR_DUPLICATE), add at most
-# MORE_SENTENCES close sentences of one other ticket. Chosen on the demo tickets at offset 5 (docs/answers.md):
-# answer-gold cosine 0.7298 against 0.7111 for the top resolution as it is (0.9131 against 0.9114 on the questions
-# the gate answers); leading with the best-matching sentence's ticket instead gave 0.7169 (0.8426).
+# problem. A ticket that is a near-duplicate of the question (cosine at least NEAR_DUPLICATE) leads instead, alone;
+# otherwise at most MORE_SENTENCES close sentences of one other ticket follow. Chosen on the demo tickets at
+# offset 5 (docs/answers.md, where the figures are).
 WHOLE_RESOLUTION = True
 NEAR_DUPLICATE = 0.85
 MORE_SENTENCES = 2
@@ -119,20 +118,23 @@ def select(
     max_tickets: int = 2,
     whole_resolution: bool = WHOLE_RESOLUTION,
     more: int = MORE_SENTENCES,
+    lead: int | None = None,
 ) -> list[Ranked]:
     """The sentences to quote, best evidence first.
 
     When any ticket has a resolution, only resolutions are quoted (the question is usually a problem like
     the ones reported, so problem sentences would match best and answer nothing), and the best-ranked
     ticket with a resolution leads with all of it, in its own order: a resolution is a reply written for a
-    problem like this one, and cut to its best-matching sentences it loses the steps between them. Then up
-    to `more` sentences close to the best from one other ticket.
+    problem like this one, and cut to its best-matching sentences it loses the steps between them (`lead`
+    names another ticket to lead, if it has a resolution). Then up to `more` sentences close to the best from
+    one other ticket.
     Without resolutions: the best sentence and up to max_sentences - 1 more close to it, from at most
     max_tickets tickets.
     """
     resolutions = [r for r in ranked if r.candidate.kind == "resolution"]
     if resolutions and whole_resolution:
-        lead = min(r.candidate.ticket for r in resolutions)
+        with_resolution = {r.candidate.ticket for r in resolutions}
+        lead = lead if lead in with_resolution else min(with_resolution)
         best = resolutions[0].score
         chosen = sorted((r for r in resolutions if r.candidate.ticket == lead), key=lambda r: r.candidate.position)
         # Tickets often share stock sentences ("We appreciate your patience."): each is quoted once.

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # Memory of the embedded Weaviate (docs/scaling.md): the Go heap's soft limit (GOMEMLIMIT, e.g. "3328MiB"; unset:
     # Go's default, which lets the heap grow to twice its live data), and how it reads its files: mmap (maps them, so
     # the page cache counts in its resident set) or pread (reads them; measured at 1M tickets in a 4 GiB cgroup).
-    weaviate_memory_limit: str | None = Field(None, pattern=r"^[0-9]+(B|KiB|MiB|GiB|TiB)$")
+    weaviate_memory_limit: str | None = Field(None, pattern=r"^[1-9][0-9]*(B|KiB|MiB|GiB|TiB)$")
     weaviate_lsm_access: Literal["mmap", "pread"] = "mmap"
     # Per-call deadline towards Weaviate, seconds.
     weaviate_timeout: float = Field(10.0, gt=0, le=600)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -210,13 +211,16 @@ class CollectionModel:
     fitted_seconds: float
 
 
-# A background fit on 10,000 tickets takes about a minute of CPU; at this niceness (Linux schedules each thread on
-# its own) requests that arrive meanwhile get most of the cores (bench/triage.py measures both).
+# A background fit on 10,000 tickets takes one to two minutes of CPU; at this niceness (Linux schedules each thread
+# on its own) requests that arrive meanwhile get most of the cores (bench/triage.py measures both). numpy's BLAS
+# worker threads keep their own priority.
 BACKGROUND_NICENESS = 10
 
 
 def _yield_to_requests() -> None:
     """Lower this thread's CPU priority (Linux; elsewhere nothing happens)."""
+    if not sys.platform.startswith("linux"):  # elsewhere a thread id is not a process id
+        return
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
     except (AttributeError, OSError):

@@ -485,7 +485,7 @@ def run_answer_eval(
 
 def ticket_escalation(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """Escalation on ticket questions against the label ANSWERABLE_GOLD gives: should a question escalate because
-    no retrieved ticket's resolution is close to its real answer? (Sets each row's should_escalate.)"""
+    the top retrieved ticket's resolution is not close to its real answer? (Sets each scored row's should_escalate.)"""
     rows = [r for r in rows if r.get("evidence_score") is not None and r.get("top_resolution_similarity") is not None]
     if not rows:
         return None
