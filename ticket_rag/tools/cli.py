@@ -157,6 +157,7 @@ def cmd_eval_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     report = run_duplicates_eval(
         dataset_dir=Path(args.dataset),
         settings=settings,
+        pairs=Path(args.pairs) if args.pairs else None,
         folds=args.folds,
         ranking=not args.pairs_only,
         ranking_sample=args.ranking_sample,
@@ -334,6 +335,12 @@ def _eval_duplicates_parser(sub: Any) -> None:
         "--dataset",
         default="../shared/datasets/duplicates",
         help="a folder with gitbugs/ (corpus.jsonl, dev_queries.tsv, dev_pairs.tsv) and/or askubuntu/dev_pairs.tsv",
+    )
+    du.add_argument(
+        "--pairs",
+        default=None,
+        metavar="TSV",
+        help="your own labelled pairs (text_a, text_b, label 1/0): choose the threshold on them instead",
     )
     du.add_argument("--folds", type=int, default=5, help="folds for choosing the threshold by cross-validation")
     du.add_argument("--pairs-only", action="store_true", help="skip the ranking form (embeds the whole GitBugs corpus)")

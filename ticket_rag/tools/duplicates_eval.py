@@ -252,14 +252,20 @@ def run_duplicates_eval(
     *,
     dataset_dir: Path,
     settings: Settings,
+    pairs: Path | None = None,
     embeddings: Embeddings | None = None,
     folds: int = 5,
     ranking: bool = True,
     ranking_sample: int | None = None,
 ) -> dict[str, Any]:
-    """Score every labelled set, choose the threshold by cross-validation on GitBugs pairs, report both signals."""
+    """Score every labelled set, choose the threshold by cross-validation on GitBugs pairs, report both signals.
+
+    With `pairs` (a team's own labelled pairs, the same TSV format) only that file is scored and the threshold is
+    chosen on it."""
     gitbugs, askubuntu = dataset_dir / "gitbugs", dataset_dir / "askubuntu"
-    if not (gitbugs / "dev_pairs.tsv").is_file():
+    if pairs is not None and not pairs.is_file():
+        raise ConfigError(f"--pairs {pairs}: no such file")
+    if pairs is None and not (gitbugs / "dev_pairs.tsv").is_file():
         raise ConfigError(f"--dataset {dataset_dir}: no gitbugs/dev_pairs.tsv (the threshold is chosen on it)")
     if folds < 2:
         raise ConfigError("--folds must be at least 2")
@@ -270,16 +276,23 @@ def run_duplicates_eval(
         embeddings = build_embeddings(settings)
     cached = CachedEmbeddings.for_settings(embeddings, settings)
     analyzer = KeywordAnalyzer(settings.keyword_stemmer)
+    chosen_on = pairs.name if pairs is not None else "gitbugs pairs"
     try:
-        sets = {"gitbugs pairs": score_pairs(read_pairs(gitbugs / "dev_pairs.tsv"), cached, analyzer)}
-        if (askubuntu / "dev_pairs.tsv").is_file():
+        if pairs is not None:
+            sets = {chosen_on: score_pairs(read_pairs(pairs), cached, analyzer)}
+            ranking = False
+        else:
+            sets = {chosen_on: score_pairs(read_pairs(gitbugs / "dev_pairs.tsv"), cached, analyzer)}
+        if pairs is None and (askubuntu / "dev_pairs.tsv").is_file():
             sets["askubuntu pairs"] = score_pairs(read_pairs(askubuntu / "dev_pairs.tsv"), cached, analyzer)
         ranking_info = None
         if ranking and (gitbugs / "corpus.jsonl").is_file() and (gitbugs / "dev_queries.tsv").is_file():
             sets["gitbugs ranking"], ranking_info = score_ranking(gitbugs, cached, analyzer, sample=ranking_sample)
     finally:
         cached.cache.close()
-    selection = cross_validate(sets["gitbugs pairs"], folds=folds)
+    if int(sets[chosen_on].label.sum()) < folds or int((1 - sets[chosen_on].label).sum()) < folds:
+        raise ConfigError(f"{chosen_on}: needs at least {folds} duplicates and {folds} non-duplicates (--folds)")
+    selection = cross_validate(sets[chosen_on], folds=folds)
     results: dict[str, Any] = {}
     for signal in ("cosine", "cosine+keyword"):
         chosen = selection[signal]["threshold_on_all"]
@@ -293,7 +306,8 @@ def run_duplicates_eval(
             for name, s in sets.items()
         }
     return {
-        "dataset": str(dataset_dir),
+        "dataset": str(pairs if pairs is not None else dataset_dir),
+        "chosen_on": chosen_on,
         "sizes": {name: {"items": int(len(s.label)), "duplicates": int(s.label.sum())} for name, s in sets.items()},
         "ranking": ranking_info,
         "model": {"name": settings.embedding_model, "backend": settings.embedding_backend},
@@ -320,10 +334,11 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"{report['configured_threshold']:g}. Signals: `cosine` (what POST /tickets/ compares), `cosine+keyword` "
         f"(cosine + {report['keyword_weight']:g} x TF-IDF cosine of the stemmed terms).",
         "",
-        "Threshold chosen by cross-validation on the GitBugs dev pairs "
-        "(F1-best threshold of the other folds, tested on the held-out fold):",
+        f"Threshold chosen by cross-validation on {report.get('chosen_on', 'gitbugs pairs')} "
+        "(F1-best threshold of the other folds, tested on the held-out fold); set DUPLICATE_THRESHOLD to the last "
+        "column:",
         "",
-        "| signal | fold thresholds | held-out P | held-out R | held-out F1 | threshold on all dev pairs |",
+        "| signal | fold thresholds | held-out P | held-out R | held-out F1 | threshold on all pairs |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for signal, sel in report["selection"].items():
