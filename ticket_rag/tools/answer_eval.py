@@ -596,6 +596,24 @@ def _cell(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _scores(served: Mapping[str, Any]) -> str:
+    """Escalation's precision, recall, F1 and AUC, as a phrase."""
+    return (
+        f"precision {_cell(served['precision'])}, recall {_cell(served['recall'])}, F1 {_cell(served['f1'])}, "
+        f"AUC {_cell(served['auc'])}"
+    )
+
+
+def _curve_table(curve: Sequence[Mapping[str, float]]) -> list[str]:
+    """Precision, recall and F1 of escalating below each threshold, as a table (with a blank line before)."""
+    return [
+        "",
+        "| escalate below | precision | recall | F1 |",
+        "| ---: | ---: | ---: | ---: |",
+        *(f"| {p['threshold']:.2f} | {p['precision']:.3f} | {p['recall']:.3f} | {p['f1']:.3f} |" for p in curve),
+    ]
+
+
 def markdown_answer_report(report: Mapping[str, Any]) -> str:
     """The summary tables: one row per mode, then escalation."""
     provider = report["provider"]
@@ -636,24 +654,16 @@ def markdown_answer_report(report: Mapping[str, Any]) -> str:
         lines += [
             "",
             f'Escalation of ticket questions, against the label "{tickets["label"]}" '
-            f"({tickets['answerable']} of {served['questions']} answerable): precision {_cell(served['precision'])}, "
-            f"recall {_cell(served['recall'])}, F1 {_cell(served['f1'])}, AUC {_cell(served['auc'])} "
+            f"({tickets['answerable']} of {served['questions']} answerable): {_scores(served)} "
             f"({served['escalated']} escalated).",
-            "",
-            "| escalate below | precision | recall | F1 |",
-            "| ---: | ---: | ---: | ---: |",
-            *(
-                f"| {p['threshold']:.2f} | {p['precision']:.3f} | {p['recall']:.3f} | {p['f1']:.3f} |"
-                for p in tickets["curve"]
-            ),
+            *_curve_table(tickets["curve"]),
         ]
     esc = report.get("escalation")
     if esc:
         served = esc["as_served"]
         lines += [
             "",
-            f"Escalation as served (threshold {_cell(esc['threshold'])}): precision {_cell(served['precision'])}, "
-            f"recall {_cell(served['recall'])}, F1 {_cell(served['f1'])}, AUC {_cell(served['auc'])} "
+            f"Escalation as served (threshold {_cell(esc['threshold'])}): {_scores(served)} "
             f"({served['escalated']} of {served['questions']} escalated; half the questions are unanswerable).",
         ]
         cv = esc.get("cross_validated")
@@ -669,10 +679,7 @@ def markdown_answer_report(report: Mapping[str, Any]) -> str:
                 "",
                 "Single-feature AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in cv["single_feature_auc"].items()) + ".",
             ]
-        lines += ["", "| escalate below | precision | recall | F1 |", "| ---: | ---: | ---: | ---: |"]
-        lines += [
-            f"| {p['threshold']:.2f} | {p['precision']:.3f} | {p['recall']:.3f} | {p['f1']:.3f} |" for p in esc["curve"]
-        ]
+        lines += _curve_table(esc["curve"])
     machine = report["machine"]
     lines += [
         "",
