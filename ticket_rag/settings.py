@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     cors_origins: list[str] = ["http://localhost:3000", "http://localhost:5173"]
+    # The proxies whose X-Forwarded-For names the client (comma-separated addresses or networks, "*" for any).
+    # Unset: the header is ignored and the client is the connecting address, so no caller can pick the address its
+    # rate limits and invalid-key lockouts are counted under. Set it only when every request comes through a proxy
+    # that overwrites the header (deploy/nginx.conf does).
+    forwarded_allow_ips: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
 

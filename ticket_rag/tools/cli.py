@@ -68,8 +68,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     _check_ports(settings, host, port)
     _prepare(settings)
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=20)
+    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=20, **proxy_options(settings))
     return 0
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's X-Forwarded-For handling: off unless FORWARDED_ALLOW_IPS names the proxies.
+
+    uvicorn otherwise trusts the header from loopback, so any local caller could choose the address that its
+    rate limits and invalid-key lockout count against, and lock out another address's users.
+    """
+    if not settings.forwarded_allow_ips:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
 
 
 def _mapped_file(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
