@@ -87,7 +87,11 @@ def add_langserve_routes(
         config_keys=(),
         enabled_endpoints=endpoints + (["feedback"] if tracing else []),
         enable_feedback_endpoint=tracing,
-        dependencies=[scoped, Depends(_check_envelope(RagInput, settings)), Depends(_answerable(settings, options))],
+        dependencies=[
+            scoped,
+            Depends(_check_envelope(RagInput, settings, limits=lambda data: check_limits(data, options))),
+            Depends(_answerable(settings, options)),
+        ],
     )
     retrieval = APIRouter(responses=error_responses(401, 404, 413, 429, 503))
     add_routes(
@@ -96,7 +100,7 @@ def add_langserve_routes(
         path="/retriever",
         config_keys=(),
         enabled_endpoints=["invoke", "batch", "input_schema", "output_schema"],
-        dependencies=[scoped, Depends(_check_envelope(RetrieverInput, settings))],
+        dependencies=[scoped, Depends(_check_envelope(RetrieverInput, settings, limits=_retriever_limits(settings)))],
     )
     app.include_router(rag)
     app.include_router(retrieval)
@@ -127,11 +131,17 @@ def _scoped(default_collection: str) -> Callable[[Request], Awaitable[None]]:
     return scoped
 
 
-def _check_envelope(input_type: type[BaseModel], settings: Settings) -> Callable[[Request], Awaitable[None]]:
-    """What LangServe's documented request schema says, but LangServe itself lets through into a 500.
+def _check_envelope(
+    input_type: type[BaseModel], settings: Settings, *, limits: Callable[[Any], None]
+) -> Callable[[Request], Awaitable[None]]:
+    """What LangServe's documented request schema says, but LangServe itself lets through into a 500 or ignores.
 
-    `config` an object (in a batch, or a list of them); `inputs` a list of at most RAG_MAX_BATCH
-    valid inputs (LangServe validates a batch's inputs outside its error handling).
+    `config` an object (in a batch, or a list of them); `kwargs` empty (RemoteRunnable never sends any; LangServe
+    would drop them without a word); `inputs` a list of at most RAG_MAX_BATCH valid inputs within the caps
+    (LangServe validates a batch's inputs outside its error handling, and a cap refused inside the batch would name
+    `input` rather than the item). `config.configurable` is let through and ignored (config_keys=() drops it): a
+    RemoteRunnable inside a LangGraph graph or under with_config() sends its caller's configurable fields
+    (thread_id, ...), and refusing them would break such clients; the served chain has no configurable fields.
     """
 
     async def check(request: Request) -> None:
@@ -140,25 +150,40 @@ def _check_envelope(input_type: type[BaseModel], settings: Settings) -> Callable
             return  # LangServe answers 422
         batch = request.url.path.endswith("/batch")
         config = payload.get("config", {})
-        if not all(isinstance(c, dict) for c in (config if batch and isinstance(config, list) else [config])):
-            raise _invalid(("config",), "dict_type", "Input should be a valid dictionary")
+        configs = config if batch and isinstance(config, list) else [config]
+        for index, item in enumerate(configs):
+            where = ("config", index) if configs is config else ("config",)
+            if not isinstance(item, dict):
+                raise _invalid(where, "dict_type", "Input should be a valid dictionary")
+        if payload.get("kwargs"):
+            raise _invalid(("kwargs",), "extra_forbidden", "no keyword arguments are accepted")
         if batch:
-            _check_batch(payload.get("inputs"), input_type, settings.rag_max_batch)
+            _check_batch(payload.get("inputs"), input_type, settings.rag_max_batch, limits)
 
     return check
 
 
-def _check_batch(inputs: Any, input_type: type[BaseModel], max_batch: int) -> None:
+def _check_batch(inputs: Any, input_type: type[BaseModel], max_batch: int, limits: Callable[[Any], None]) -> None:
     if not isinstance(inputs, list):
         raise _invalid(("inputs",), "list_type", "Input should be a valid list")
     if len(inputs) > max_batch:
         raise _invalid(("inputs",), "too_long", f"at most {max_batch} inputs per batch")
     for index, item in enumerate(inputs):
         try:
-            input_type.model_validate(item)
+            limits(input_type.model_validate(item))
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             raise RequestValidationError([{**e, "loc": ("body", "inputs", index, *e["loc"])} for e in errors]) from None
+        except InvalidRequest as exc:  # loc ("body", "input", field): name the item instead
+            raise InvalidRequest(str(exc), loc=("body", "inputs", index, *exc.loc[2:])) from None
+
+
+def _retriever_limits(settings: Settings) -> Callable[[Any], None]:
+    def limits(inputs: RetrieverInput) -> None:
+        if inputs.k > settings.rag_max_k:
+            raise InvalidRequest(f"at most {settings.rag_max_k} tickets can be retrieved", loc=("body", "input", "k"))
+
+    return limits
 
 
 def _answerable(settings: Settings, options: ChainOptions) -> Callable[[Request], Awaitable[None]]:
@@ -187,10 +212,11 @@ def _answerable(settings: Settings, options: ChainOptions) -> Callable[[Request]
 def _served_retriever(retriever: Runnable[Any, Any], settings: Settings) -> Runnable[Any, Any]:
     """The retriever as served: validated input, k within RAG_MAX_K, the collection authorized for the caller."""
 
+    limits = _retriever_limits(settings)
+
     def retrieve(raw: RetrieverInput | dict[str, Any], config: Any) -> list[Document]:
         inputs = RetrieverInput.model_validate(raw) if isinstance(raw, dict) else raw
-        if inputs.k > settings.rag_max_k:
-            raise InvalidRequest(f"at most {settings.rag_max_k} tickets can be retrieved", loc=("body", "input", "k"))
+        limits(inputs)
         docs: list[Document] = retriever.invoke(
             inputs.query,
             config,
@@ -213,7 +239,7 @@ async def _json_body(request: Request) -> Any:
         raise _invalid((), "json_invalid", "Invalid JSON body") from None
 
 
-def _invalid(loc: tuple[str, ...], kind: str, message: str) -> RequestValidationError:
+def _invalid(loc: tuple[str | int, ...], kind: str, message: str) -> RequestValidationError:
     """A 422 for a LangServe body, shaped like every other validation error."""
     return RequestValidationError([{"type": kind, "loc": ("body", *loc), "msg": message}])
 
