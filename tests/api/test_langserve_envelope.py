@@ -57,3 +57,10 @@ def test_what_remote_runnable_sends_still_works(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     batch = client.post("/rag/batch", json={"inputs": [{"question": "vpn", "k": 8}], "config": {}, "kwargs": {}})
     assert batch.status_code == 200, batch.text
+
+
+def test_an_invalid_input_names_its_field_under_body_input(client: TestClient) -> None:
+    history = {"input": {"question": "vpn", "chat_history": [{"role": "wizard", "content": "hi"}]}}
+    for route in ("/rag/invoke", "/rag/stream", "/rag/stream_log"):
+        assert _loc(client.post(route, json=history))[:4] == ["body", "input", "chat_history", 0], route
+    assert _loc(client.post("/retriever/invoke", json={"input": {"query": ""}})) == ["body", "input", "query"]

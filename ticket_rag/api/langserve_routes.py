@@ -159,6 +159,12 @@ def _check_envelope(
             raise _invalid(("kwargs",), "extra_forbidden", "no keyword arguments are accepted")
         if batch:
             _check_batch(payload.get("inputs"), input_type, settings.rag_max_batch, limits)
+        elif "input" in payload:  # LangServe's own errors would name the field without ("body", "input")
+            try:
+                input_type.model_validate(payload["input"])
+            except ValidationError as exc:
+                errors = exc.errors(include_url=False)
+                raise RequestValidationError([{**e, "loc": ("body", "input", *e["loc"])} for e in errors]) from None
 
     return check
 
