@@ -114,3 +114,50 @@ def test_the_rag_retriever_reads_at_the_configured_consistency(
         response = client.post("/retriever/invoke", json={"input": {"query": "password reset link"}})
         assert response.status_code == 200 and len(response.json()["output"]) == 1
     _drop_class(settings)
+
+
+def test_bulk_with_an_external_id_twice_in_one_collection_is_422_naming_the_second(client: TestClient) -> None:
+    client.post("/collections", json={"name": "acme"})
+    twice = [
+        {"title": "Bulk X1", "description": "a", "external_id": "EXT-dup-1"},
+        {"title": "Bulk X2", "description": "b", "external_id": "EXT-dup-1"},
+    ]
+    response = client.post("/tickets/bulk", json={"collection": "acme", "tickets": twice})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "tickets", 1, "external_id"]
+    assert client.get("/collections/acme").json()["ticket_count"] == 0
+    # the default collection named or left out is the same collection
+    same = client.post("/tickets/bulk", json={"tickets": [twice[0], {**twice[1], "collection": "default"}]})
+    assert same.status_code == 422 and same.json()["detail"][0]["loc"] == ["body", "tickets", 1, "external_id"]
+    # one external id in two collections is two tickets
+    apart = client.post(
+        "/tickets/bulk", json={"collection": "acme", "tickets": [twice[0], {**twice[1], "collection": "default"}]}
+    )
+    assert apart.status_code == 200, apart.text
+    assert apart.json()["created"] == 2
+
+
+def test_bulk_across_collections_checks_every_collection_before_writing(client: TestClient) -> None:
+    client.post("/collections", json={"name": "acme"})
+    body = {
+        "tickets": [
+            {"title": "Partial bulk ok", "description": "x", "collection": "acme"},
+            {"title": "y", "description": "y", "collection": "nosuchcoll"},
+        ]
+    }
+    response = client.post("/tickets/bulk", json=body)
+    assert response.status_code == 404
+    assert "collection 'nosuchcoll' does not exist" in response.json()["detail"]
+    assert client.get("/collections/acme").json()["ticket_count"] == 0
+
+
+def test_bulk_across_collections_checks_the_idempotency_key_in_all_before_writing(client: TestClient) -> None:
+    client.post("/collections", json={"name": "acme"})
+    key = {"Idempotency-Key": "bulk-across-1"}
+    first = client.post("/tickets/bulk", json={"tickets": [TICKET, {**TICKET, "title": "Second"}]}, headers=key)
+    assert first.status_code == 200
+    # the key's second ticket in the default collection was another one: refused before acme is written
+    body = {"tickets": [{**TICKET, "collection": "acme"}, {**TICKET, "title": "Another"}]}
+    reused = client.post("/tickets/bulk", json=body, headers=key)
+    assert reused.status_code == 422 and reused.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert client.get("/collections/acme").json()["ticket_count"] == 0

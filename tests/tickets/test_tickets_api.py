@@ -325,6 +325,30 @@ def test_an_idempotency_key_reused_for_another_ticket_is_refused(client: TestCli
     assert client.get("/tickets/").json()["count"] == 1
 
 
+def test_an_idempotency_key_reused_with_other_field_values_is_refused(client: TestClient) -> None:
+    key = {"Idempotency-Key": "idem-fields-1"}
+    body = {"title": "Idem test", "description": "idem desc", "priority": "low"}
+    first = client.post("/tickets/", json=body, headers=key)
+    assert first.status_code == 201
+    changed = {**body, "priority": "urgent", "category": "Security", "status": "closed"}
+    reused = client.post("/tickets/", json=changed, headers=key)
+    assert reused.status_code == 422, reused.text
+    assert reused.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert "idempotent-replayed" not in reused.headers
+    stored = client.get(f"/tickets/{first.json()['id']}").json()
+    assert (stored["priority"], stored["status"], stored["category"]) == ("low", "open", None)
+    # the same request again is a replay, even after the ticket was edited meanwhile
+    assert client.patch(f"/tickets/{first.json()['id']}", json={"status": "resolved"}).status_code == 200
+    again = client.post("/tickets/", json={**body, "priority": "low"}, headers=key)
+    assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    bulk_key = {"Idempotency-Key": "idem-fields-bulk-1"}
+    assert client.post("/tickets/bulk", json={"tickets": [body]}, headers=bulk_key).status_code == 200
+    bulk_reused = client.post("/tickets/bulk", json={"tickets": [{**body, "tags": ["vpn"]}]}, headers=bulk_key)
+    assert bulk_reused.status_code == 422 and bulk_reused.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert client.get("/tickets/").json()["count"] == 2
+
+
 def test_a_retried_bulk_with_an_idempotency_key_stores_each_ticket_once(client: TestClient) -> None:
     body = {"tickets": [LOGIN, PRINTER, {**INVOICE, "external_id": "inv-1"}]}
     key = {"Idempotency-Key": "import-2026-12-03-part-1"}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -12,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from chains.schemas import RagOutput
 from ticket_rag.api.deps import Admin, RagChainDep, Reader, SettingsDep, StoreDep, TriageDep, Writer
 from ticket_rag.api.http_errors import error_responses, reject_above_cap
-from ticket_rag.errors import Forbidden, InvalidRequest
+from ticket_rag.errors import CollectionNotFound, Forbidden, InvalidRequest
 from ticket_rag.tickets.duplicates import explain as explain_duplicates
 from ticket_rag.tickets.schemas import (
     COLLECTION_PATTERN,
@@ -127,30 +130,66 @@ IdempotencyKey = Annotated[
         min_length=1,
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",
-        description="A unique key per create (a UUID, say): a retry with the same key returns the first result "
-        "instead of storing the ticket again. Tickets with an external_id are idempotent by it already.",
+        description="A unique key per create (a UUID, say): a retry with the same key and body returns the first "
+        "result instead of storing the ticket again; the same key with another body is a 422. Tickets with an "
+        "external_id are idempotent by it already.",
     ),
 ]
 REPLAYED = "Idempotent-Replayed"
 
 
+def _fingerprint(tickets: Sequence[TicketCreate], collections: Sequence[str]) -> str:
+    """A digest of a whole validated request (each ticket with the collection it goes to), defaults filled in."""
+    parts = [{**t.model_dump(mode="json"), "collection": name} for t, name in zip(tickets, collections, strict=True)]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _first_attempt(
-    store: TicketStore, *, collection: str, caller: str | None, key: str, tickets: dict[int, TicketCreate]
+    store: TicketStore,
+    *,
+    collection: str,
+    caller: str | None,
+    key: str,
+    tickets: dict[int, TicketCreate],
+    fingerprint: str,
 ) -> tuple[dict[int, uuid.UUID], dict[uuid.UUID, TicketPublic]]:
     """Each ticket's id under an Idempotency-Key (by its index in the request), and those an earlier attempt stored.
 
-    A key reused for different tickets is refused: answering with the first attempt's tickets would be wrong.
+    A key reused for another request (any field of any ticket different) is refused: answering with the first
+    attempt's tickets would be wrong.
     """
     ids = {n: idempotent_uuid(collection, caller, key, n) for n, t in tickets.items() if t.external_id is None}
-    stored = store.get_many(ids=list(ids.values()), collection=collection)
+    stored = store.first_attempts(ids=list(ids.values()), collection=collection)
     for n, ticket_id in ids.items():
         before = stored.get(ticket_id)
-        if before is not None and (before.title, before.description) != (tickets[n].title, tickets[n].description):
+        if before is None:
+            continue
+        # Tickets stored before fingerprints were kept can only be compared by their text.
+        same = (
+            before.fingerprint == fingerprint
+            if before.fingerprint is not None
+            else (before.ticket.title, before.ticket.description) == (tickets[n].title, tickets[n].description)
+        )
+        if not same:
             raise InvalidRequest(
-                "this Idempotency-Key was used for a different ticket; send a new key",
+                "this Idempotency-Key was used for a different request; send a new key",
                 loc=("header", "Idempotency-Key"),
             )
-    return ids, stored
+    return ids, {ticket_id: first.ticket for ticket_id, first in stored.items()}
+
+
+def _reject_repeated_external_ids(tickets: Sequence[TicketCreate], collections: Sequence[str]) -> None:
+    """One request may not carry the same external_id twice for one collection: both would write one ticket."""
+    seen: dict[tuple[str, str], int] = {}
+    for index, (ticket, name) in enumerate(zip(tickets, collections, strict=True)):
+        if ticket.external_id is None:
+            continue
+        first = seen.setdefault((name, ticket.external_id), index)
+        if first != index:
+            raise InvalidRequest(
+                f"external_id '{ticket.external_id}' is already used by tickets[{first}] for collection '{name}'",
+                loc=("body", "tickets", index, "external_id"),
+            )
 
 
 @tickets.post(
@@ -170,9 +209,17 @@ def create_ticket(
 ) -> TicketCreated:
     """Store a ticket with its embedding; return it with similar tickets, possible duplicates and triage suggestions."""
     collection = who.collection(body.collection, settings.default_collection)
+    fingerprint = _fingerprint([body], [collection]) if idempotency_key else None
     ids, before = (
-        _first_attempt(store, collection=collection, caller=who.key_id, key=idempotency_key, tickets={0: body})
-        if idempotency_key
+        _first_attempt(
+            store,
+            collection=collection,
+            caller=who.key_id,
+            key=idempotency_key,
+            tickets={0: body},
+            fingerprint=fingerprint,
+        )
+        if idempotency_key and fingerprint
         else ({}, {})
     )
     vector = store.embed([embedded_text(body.title, body.description)])[0]
@@ -190,7 +237,11 @@ def create_ticket(
         response.headers[REPLAYED] = "true"
     else:
         stored = store.upsert_many(
-            tickets=[body], collection=collection, vectors=[vector], ids=[ids[0]] if ids else None
+            tickets=[body],
+            collection=collection,
+            vectors=[vector],
+            ids=[ids[0]] if ids else None,
+            fingerprint=fingerprint,
         )[0]
         ticket, created = stored.ticket, stored.created
     similar = [hit for hit in similar if hit.ticket.id != ticket.id][: settings.similar_on_create]
@@ -225,33 +276,50 @@ def bulk_create(
     """Store up to BULK_MAX_BATCH tickets in one embedding pass and one Weaviate batch; idempotent by external_id
     (or by the Idempotency-Key header for tickets without one)."""
     reject_above_cap("body", "tickets", len(body.tickets), settings.bulk_max_batch)
+    # Every check comes before the first write, so a refused request has stored nothing: the collections (in the
+    # key's scope), external ids, the collections (existing), the Idempotency-Key, then the one embedding pass.
+    names = [who.collection(t.collection or body.collection, settings.default_collection) for t in body.tickets]
+    _reject_repeated_external_ids(body.tickets, names)
     by_collection: dict[str, list[int]] = {}
-    for index, ticket in enumerate(body.tickets):
-        name = who.collection(ticket.collection or body.collection, settings.default_collection)
+    for index, name in enumerate(names):
         by_collection.setdefault(name, []).append(index)
-    items: list[BulkItem] = []
-    replayed = bool(idempotency_key)
-    for name, indexes in by_collection.items():
-        ids, before = (
-            _first_attempt(
+    for name in by_collection:
+        if not store.collection_exists(name=name):
+            raise CollectionNotFound(f"collection '{name}' does not exist")
+    fingerprint = _fingerprint(body.tickets, names) if idempotency_key else None
+    ids: dict[int, uuid.UUID] = {}
+    before: dict[uuid.UUID, TicketPublic] = {}
+    if idempotency_key and fingerprint:
+        for name, indexes in by_collection.items():
+            ids_here, before_here = _first_attempt(
                 store,
                 collection=name,
                 caller=who.key_id,
                 key=idempotency_key,
                 tickets={i: body.tickets[i] for i in indexes},
+                fingerprint=fingerprint,
             )
-            if idempotency_key
-            else ({}, {})
-        )
-        items += [BulkItem(index=i, id=ids[i], created=True) for i in indexes if ids.get(i) in before]
-        todo = [i for i in indexes if ids.get(i) not in before]
-        if not todo:
+            ids.update(ids_here)
+            before.update(before_here)
+    todo = [i for i in range(len(body.tickets)) if ids.get(i) not in before]
+    texts = [embedded_text(body.tickets[i].title, body.tickets[i].description) for i in todo]
+    vectors = dict(zip(todo, store.embed(texts), strict=True)) if todo else {}
+    items = [BulkItem(index=i, id=ids[i], created=True) for i in ids if ids[i] in before]
+    replayed = bool(idempotency_key) and not todo
+    # Weaviate has no transaction over several collections (tenants): a failure past this point (Weaviate down)
+    # can leave the collections written before it; a retry with the same external ids or Idempotency-Key completes.
+    for name, indexes in by_collection.items():
+        write = [i for i in indexes if i in vectors]
+        if not write:
             continue
-        replayed = False
         stored = store.upsert_many(
-            tickets=[body.tickets[i] for i in todo], collection=name, ids=[ids.get(i) or uuid.uuid4() for i in todo]
+            tickets=[body.tickets[i] for i in write],
+            collection=name,
+            vectors=[vectors[i] for i in write],
+            ids=[ids.get(i) or uuid.uuid4() for i in write],
+            fingerprint=fingerprint,
         )
-        items += [BulkItem(index=i, id=s.ticket.id, created=s.created) for i, s in zip(todo, stored, strict=True)]
+        items += [BulkItem(index=i, id=s.ticket.id, created=s.created) for i, s in zip(write, stored, strict=True)]
     if replayed:
         response.headers[REPLAYED] = "true"
     items.sort(key=lambda item: item.index)

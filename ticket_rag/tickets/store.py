@@ -58,6 +58,7 @@ from ticket_rag.tickets.keywords import (
     KeywordAnalyzer,
     keyword_properties,
 )
+from ticket_rag.tickets.locks import TicketLocks
 from ticket_rag.tickets.schemas import (
     SearchFilters,
     SearchHit,
@@ -69,12 +70,16 @@ from ticket_rag.tickets.schemas import (
 
 logger = logging.getLogger(__name__)
 
+# Weaviate answers no query past its QUERY_MAXIMUM_RESULTS (10,000 by default).
+RESULT_LIMIT = 10_000
 # external ids map to the same UUID in every deployment: uuid5(namespace, collection NUL external_id)
 TICKET_NAMESPACE = uuid.UUID("5f0b7c1e-3f0e-4d5a-9a57-7e1c2b9d8a10")
 EMBEDDED_FIELDS = ("title", "description")
 _TEXT_FIELDS = ("title", "description", "priority", "status", "category", "type", "tags", "resolution", "external_id")
 # Duplicate links an agent confirmed or rejected (ticket ids as text); set only by duplicates.py.
 LINK_FIELDS = ("duplicate_of", "duplicates", "not_duplicates")
+# A digest of the request that created a ticket under an Idempotency-Key: a retry must send the same request.
+FINGERPRINT = "request_fingerprint"
 # What a ticket is read back with (not its keyword terms).
 _PUBLIC_PROPERTIES = [*_TEXT_FIELDS, "created_at", "updated_at", *LINK_FIELDS]
 _TERM_PROPERTIES = (TITLE_TERMS, DESCRIPTION_TERMS)
@@ -107,6 +112,14 @@ class Page:
 class Upserted:
     ticket: TicketPublic
     created: bool
+
+
+@dataclass(frozen=True)
+class FirstAttempt:
+    """A ticket stored under an Idempotency-Key, with the fingerprint of the request that stored it."""
+
+    ticket: TicketPublic
+    fingerprint: str | None  # None for tickets stored before fingerprints were kept
 
 
 _KEYWORD_PART = re.compile(r"Result Set keyword,bm25\)[^:]*: original score ([-0-9.eE+]+)")
@@ -154,6 +167,8 @@ class TicketStore:
         self.rescore_limit = rescore_limit
         # HNSW build parameters (Weaviate's defaults when None); fixed once the collection exists.
         self.hnsw = {"ef_construction": ef_construction, "max_connections": max_connections}
+        # Serialize read-modify-write per ticket and duplicate links per collection, in this process (locks.py).
+        self.locks = TicketLocks()
 
     # --- schema and collections ------------------------------------------------------------------
 
@@ -281,34 +296,40 @@ class TicketStore:
         collection: str,
         vectors: Sequence[list[float]] | None = None,
         ids: Sequence[uuid.UUID] | None = None,
+        fingerprint: str | None = None,
     ) -> list[Upserted]:
         """Store tickets with one embedding pass and one gRPC batch; all or nothing per call.
 
-        A ticket's id comes from its external_id; without one, from `ids` when given (idempotent creates),
-        else a new random id.
+        A ticket's id comes from its external_id; without one, from `ids` when given (idempotent creates, which
+        keep the request's `fingerprint`), else a new random id.
         """
         if vectors is None:
             vectors = self.embed([embedded_text(t.title, t.description) for t in tickets])
-        now = datetime.now(UTC)
+        keyed = [not t.external_id and ids is not None for t in tickets]
         ids = [
             ticket_uuid(collection, t.external_id) if t.external_id or ids is None else ids[n]
             for n, t in enumerate(tickets)
         ]
-        existing = self._kept_of([i for i, t in zip(ids, tickets, strict=True) if t.external_id], collection)
-        objects, results = [], []
-        for ticket_id, ticket, vector in zip(ids, tickets, vectors, strict=True):
-            kept = existing.get(ticket_id, {})
-            created_at = ticket.created_at or kept.get("created_at") or now
-            props = _properties(ticket.model_dump(exclude={"collection", "created_at"}))
-            # A re-import replaces the ticket's fields but keeps the duplicate links agents confirmed or rejected.
-            props.update({k: v for k, v in kept.items() if k in LINK_FIELDS and v})
-            props.update(created_at=_aware(created_at), updated_at=now)
-            public = _public(ticket_id, collection, props)
-            props.update(self.analyzer.properties(title=ticket.title, description=ticket.description))
-            objects.append(weaviate.classes.data.DataObject(properties=props, uuid=ticket_id, vector=vector))
-            results.append(Upserted(ticket=public, created=ticket_id not in existing))
-        with weaviate_errors(collection):
-            _replace(self._tenant(collection), objects)
+        # A replaced ticket keeps its links: read and rewritten under its lock, so no confirmation in between is lost.
+        with self.locks.tickets(collection, ids):
+            now = datetime.now(UTC)
+            existing = self._kept_of([i for i, t in zip(ids, tickets, strict=True) if t.external_id], collection)
+            objects, results = [], []
+            for ticket_id, ticket, vector, is_keyed in zip(ids, tickets, vectors, keyed, strict=True):
+                kept = existing.get(ticket_id, {})
+                created_at = ticket.created_at or kept.get("created_at") or now
+                props = _properties(ticket.model_dump(exclude={"collection", "created_at"}))
+                # A re-import replaces the ticket's fields but keeps the duplicate links agents confirmed or rejected.
+                props.update({k: v for k, v in kept.items() if k in LINK_FIELDS and v})
+                props.update(created_at=_aware(created_at), updated_at=now)
+                public = _public(ticket_id, collection, props)
+                props.update(self.analyzer.properties(title=ticket.title, description=ticket.description))
+                if fingerprint is not None and is_keyed:
+                    props[FINGERPRINT] = fingerprint
+                objects.append(weaviate.classes.data.DataObject(properties=props, uuid=ticket_id, vector=vector))
+                results.append(Upserted(ticket=public, created=ticket_id not in existing))
+            with weaviate_errors(collection):
+                _replace(self._tenant(collection), objects)
         return results
 
     def _kept_of(self, ids: list[uuid.UUID], collection: str) -> dict[uuid.UUID, dict[str, Any]]:
@@ -331,6 +352,23 @@ class TicketStore:
             )
         return {o.uuid: _public(o.uuid, collection, o.properties) for o in found.objects}
 
+    def first_attempts(self, *, ids: Sequence[uuid.UUID], collection: str) -> dict[uuid.UUID, FirstAttempt]:
+        """The tickets among these Idempotency-Key ids that exist, each with the fingerprint of its request."""
+        if not ids:
+            return {}
+        with weaviate_errors(collection):
+            found = self._tenant(collection).query.fetch_objects(
+                filters=Filter.by_id().contains_any(list(ids)),
+                limit=len(ids),
+                return_properties=[*_PUBLIC_PROPERTIES, FINGERPRINT],
+            )
+        return {
+            o.uuid: FirstAttempt(
+                ticket=_public(o.uuid, collection, o.properties), fingerprint=o.properties.get(FINGERPRINT)
+            )
+            for o in found.objects
+        }
+
     def get(self, *, ticket_id: uuid.UUID, collection: str) -> TicketPublic:
         """One ticket; TicketNotFound if it is not in this collection."""
         obj = self._get_object(ticket_id, collection, include_vector=False)
@@ -351,34 +389,71 @@ class TicketStore:
 
     def update(self, *, ticket_id: uuid.UUID, collection: str, changes: TicketUpdate) -> TicketPublic:
         """Apply a partial update; re-embed only when the embedded text changes."""
-        current = self.get(ticket_id=ticket_id, collection=collection)
-        patch = changes.model_dump(exclude_unset=True)
-        merged = current.model_copy(update=patch)
-        vector = None
-        if embedded_text(merged.title, merged.description) != embedded_text(current.title, current.description):
-            vector = self.embed([embedded_text(merged.title, merged.description)])[0]
-        now = datetime.now(UTC)
-        props = _properties(patch)
-        props["updated_at"] = now
-        if "title" in patch or "description" in patch:
-            props.update(self.analyzer.properties(title=merged.title, description=merged.description))
-        with weaviate_errors(collection):
-            self._tenant(collection).data.update(uuid=ticket_id, properties=props, vector=vector)
+        # Read, merge, embed and write under the ticket's lock: two PATCHes of title and description at once would
+        # otherwise each compute the keyword terms and the vector from a merge that misses the other's change.
+        with self.locks.tickets(collection, [ticket_id]):
+            current = self.get(ticket_id=ticket_id, collection=collection)
+            patch = changes.model_dump(exclude_unset=True)
+            merged = current.model_copy(update=patch)
+            vector = None
+            if embedded_text(merged.title, merged.description) != embedded_text(current.title, current.description):
+                vector = self.embed([embedded_text(merged.title, merged.description)])[0]
+            now = datetime.now(UTC)
+            props = _properties(patch)
+            props["updated_at"] = now
+            if "title" in patch or "description" in patch:
+                props.update(self.analyzer.properties(title=merged.title, description=merged.description))
+            with weaviate_errors(collection, ticket_id=ticket_id):
+                self._tenant(collection).data.update(uuid=ticket_id, properties=props, vector=vector)
         return merged.model_copy(update={"updated_at": now})
 
     def set_links(self, *, ticket_id: uuid.UUID, collection: str, links: dict[str, Any]) -> None:
-        """Write only duplicate links (LINK_FIELDS; "" clears duplicate_of): text, vector and updated_at stay."""
+        """Write only duplicate links (LINK_FIELDS; "" clears duplicate_of): text, vector and updated_at stay.
+
+        The caller holds the collection's links lock and this ticket's lock (duplicates.py).
+        """
         if not set(links) <= set(LINK_FIELDS):
             raise ValueError(f"not a link field: {sorted(set(links) - set(LINK_FIELDS))}")
-        with weaviate_errors(collection):
+        with weaviate_errors(collection, ticket_id=ticket_id):
             self._tenant(collection).data.update(uuid=ticket_id, properties=links)
 
     def delete(self, *, ticket_id: uuid.UUID, collection: str) -> None:
-        """Delete a ticket; it is gone from every search at once."""
+        """Delete a ticket and every duplicate link to it; it is gone from every search at once."""
+        with self.locks.links(collection):
+            linked = self._linked_to(ticket_id, collection)
+            with self.locks.tickets(collection, [ticket_id, *linked]):
+                with weaviate_errors(collection):
+                    result = self._tenant(collection).data.delete_many(where=Filter.by_id().equal(ticket_id))
+                if not result.successful:
+                    raise TicketNotFound(f"ticket {ticket_id} not found in collection '{collection}'")
+                # After the delete: should this fail, a link to a missing ticket is skipped when it is relinked or
+                # unlinked (duplicates.py), whereas links removed from a ticket that was not deleted would be lost.
+                gone = str(ticket_id)
+                for other_id, links in linked.items():
+                    changes: dict[str, Any] = {
+                        name: [i for i in links.get(name) or [] if i != gone]
+                        for name in ("duplicates", "not_duplicates")
+                        if gone in (links.get(name) or [])
+                    }
+                    if links.get("duplicate_of") == gone:
+                        changes["duplicate_of"] = ""
+                    self.set_links(ticket_id=other_id, collection=collection, links=changes)
+
+    def _linked_to(self, ticket_id: uuid.UUID, collection: str) -> dict[uuid.UUID, dict[str, Any]]:
+        """The links of every ticket that names this one as its original, a duplicate or a rejected duplicate."""
+        target = str(ticket_id)
+        where = Filter.any_of(
+            [
+                Filter.by_property("duplicate_of").equal(target),
+                Filter.by_property("duplicates").contains_any([target]),
+                Filter.by_property("not_duplicates").contains_any([target]),
+            ]
+        )
         with weaviate_errors(collection):
-            result = self._tenant(collection).data.delete_many(where=Filter.by_id().equal(ticket_id))
-        if not result.successful:
-            raise TicketNotFound(f"ticket {ticket_id} not found in collection '{collection}'")
+            found = self._tenant(collection).query.fetch_objects(
+                filters=where, limit=RESULT_LIMIT, return_properties=list(LINK_FIELDS)
+            )
+        return {o.uuid: o.properties for o in found.objects if o.uuid != ticket_id}
 
     def list_tickets(self, *, collection: str, filters: SearchFilters, offset: int, limit: int) -> Page:
         """A page of tickets, newest first, and how many match in all."""
@@ -538,7 +613,7 @@ def reindex_keywords(
     tenant = client.collections.use(class_name).with_tenant(collection)
     done, batch = 0, []
     with weaviate_errors(collection):
-        for obj in tenant.iterator(include_vector=True, return_properties=_PUBLIC_PROPERTIES):
+        for obj in tenant.iterator(include_vector=True, return_properties=[*_PUBLIC_PROPERTIES, FINGERPRINT]):
             props = {k: v for k, v in obj.properties.items() if v is not None}
             title, description = str(props.get("title", "")), str(props.get("description", ""))
             props.update(analyzer.properties(title=title, description=description))
@@ -567,12 +642,13 @@ def _exact(name: str, data_type: DataType = DataType.TEXT) -> Property:
 
 
 def _added_properties() -> list[Property]:
-    """Properties added after the first release: the ticket type and the duplicate links."""
+    """Properties added after the first release: the ticket type, the duplicate links, the request fingerprint."""
     return [
         _exact("type"),
         _exact("duplicate_of"),
         _exact("duplicates", DataType.TEXT_ARRAY),
         _exact("not_duplicates", DataType.TEXT_ARRAY),
+        Property(name=FINGERPRINT, data_type=DataType.TEXT, index_filterable=False, index_searchable=False),
     ]
 
 
@@ -609,8 +685,11 @@ def warn_if_replication_differs(client: weaviate.WeaviateClient, class_name: str
 
 
 @contextmanager
-def weaviate_errors(collection: str | None = None) -> Iterator[None]:
-    """Turn Weaviate's exceptions (and langchain-weaviate's ValueError wrapping) into domain errors."""
+def weaviate_errors(collection: str | None = None, *, ticket_id: uuid.UUID | None = None) -> Iterator[None]:
+    """Turn Weaviate's exceptions (and langchain-weaviate's ValueError wrapping) into domain errors.
+
+    With `ticket_id`, a 404 from Weaviate (an update of a ticket deleted meanwhile, say) is TicketNotFound.
+    """
     try:
         yield
     except (WeaviateConnectionError, WeaviateTimeoutError, WeaviateClosedClientError) as exc:
@@ -621,6 +700,8 @@ def weaviate_errors(collection: str | None = None) -> Iterator[None]:
         if collection is not None and _is_missing_tenant(exc):
             raise CollectionNotFound(f"collection '{collection}' does not exist") from exc
         status = getattr(exc, "status_code", None)
+        if status == 404 and ticket_id is not None and collection is not None:
+            raise TicketNotFound(f"ticket {ticket_id} not found in collection '{collection}'") from exc
         if status is not None and 400 <= status < 500 and status != 429:
             logger.warning("Weaviate rejected a request: %s", exc)
             raise InvalidRequest("the request could not be executed against the vector database") from exc
