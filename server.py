@@ -1,9 +1,10 @@
 """Composition root: builds settings, clients, stores and chains, and wires them into one FastAPI app.
 
-A request's path: middleware (request id and access log, CORS, strict JSON) -> a router (ticket_rag/api/health.py,
-ticket_rag/tickets/router.py, ticket_rag/auth/router.py) or a LangServe route (ticket_rag/api/langserve_routes.py:
-/rag, /retriever) -> the ticket store (ticket_rag/tickets/store.py) or the RAG chain (chains/) -> Weaviate, the
-embedding model, the LLM. Routes reach the services through the dependency aliases in ticket_rag/api/deps.py.
+A request's path: middleware (request id and access log, CORS, the key gate, strict JSON) -> a router
+(ticket_rag/api/health.py, ticket_rag/tickets/router.py, ticket_rag/auth/router.py) or a LangServe route
+(ticket_rag/api/langserve_routes.py: /rag, /retriever) -> the ticket store (ticket_rag/tickets/store.py) or the RAG
+chain (chains/) -> Weaviate, the embedding model, the LLM. Routes reach the services through the dependency
+aliases in ticket_rag/api/deps.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from chains.retrieval import TicketRetriever, build_vectorstore
 from ticket_rag.api import health
 from ticket_rag.api.deps import Reader, Services
 from ticket_rag.api.http_errors import register_error_handlers
+from ticket_rag.api.key_gate import KeyGateMiddleware
 from ticket_rag.api.langserve_routes import add_langserve_routes
 from ticket_rag.api.observability import RequestContextMiddleware, tracing_enabled
 from ticket_rag.api.strict_json import StrictJsonMiddleware
@@ -158,8 +160,11 @@ def _lifespan(settings: Settings, embeddings: Embeddings | None) -> Any:
 
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
-    """Outermost first: request id and access log, then CORS, then strict JSON (on every route, LangServe's too)."""
+    """Outermost first: request id and access log, CORS, the key gate (a body is read only for a caller with a
+    valid key, when keys are required), then strict JSON (on every route, LangServe's too).
+    """
     app.add_middleware(StrictJsonMiddleware)
+    app.add_middleware(KeyGateMiddleware, gatekeeper=app.state.gatekeeper)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -325,3 +325,62 @@ def test_an_oversized_streamed_body_is_413_without_an_error_in_the_log(
         response = client.post("/tickets/", content=chunks(), headers={"Content-Type": "application/json"})
         assert response.status_code == 413
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.text
+
+
+def _big_body(read: list[str]) -> Iterator[bytes]:
+    """A 1 MB body of a third of a million empty arrays, noting whether the service ever asked for it."""
+    read.append("read")
+    yield b"[" + b",".join([b"[]"] * 350_000) + b"]"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/tickets/search", {}),
+        ("/rag/invoke", {}),
+        ("/tickets/", {"X-API-Key": "trk_dead_beef"}),
+        ("/retriever/invoke", {"Authorization": "Bearer not-a-key"}),
+    ],
+)
+def test_a_body_without_a_valid_key_is_refused_unread(secured: TestClient, path: str, headers: dict[str, str]) -> None:
+    """401 from the headers alone: the body is never read, decoded or parsed (it used to freeze the event loop)."""
+    read: list[str] = []
+    response = secured.post(path, content=_big_body(read), headers={"Content-Type": "application/json", **headers})
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert read == []
+    # with a valid key the same body is read, and answered by the route
+    admitted = secured.post(
+        path, content=_big_body(read), headers={"Content-Type": "application/json", "X-API-Key": ADMIN}
+    )
+    assert admitted.status_code == 422 and read == ["read"]
+
+
+def test_invalid_keys_sending_bodies_are_throttled_before_the_body_is_read(secured: TestClient) -> None:
+    read: list[str] = []
+    codes = [
+        secured.post("/tickets/search", content=_big_body(read), headers={"X-API-Key": f"trk_dead{n}_beef"}).status_code
+        for n in range(12)
+    ]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429], codes
+    assert read == []
+
+
+def test_a_request_with_a_body_takes_one_rate_limit_token(settings: Settings, embeddings: Embeddings) -> None:
+    """The key gate and the route's dependency resolve the caller once between them."""
+    settings = settings.model_copy(update={"rate_limit_per_minute": 60, "rate_limit_burst": 3})
+    with TestClient(create_app(settings, embeddings=embeddings)) as client:
+        codes = [client.post("/tickets/search", json={"query": "x"}).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429], codes
+
+
+def test_admin_and_collection_bodies_refuse_unknown_fields(secured: TestClient) -> None:
+    admin = {"X-API-Key": ADMIN}
+    for path, body in [
+        ("/admin/keys", {"name": "t", "role": 1, "collections": ["acme"], "zz": 1}),
+        ("/collections", {"name": "acme", "zz": 1}),
+    ]:
+        response = secured.post(path, json=body, headers=admin)
+        assert response.status_code == 422, (path, response.text)
+        assert [e["loc"] for e in response.json()["detail"]] == [["body", "zz"]], response.json()
+    assert secured.get("/admin/keys", headers=admin).json() == []

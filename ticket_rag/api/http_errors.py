@@ -52,6 +52,29 @@ class _AsciiJSONResponse(JSONResponse):
         return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
+# A 422 echoes the offending input, up to this size as JSON; past it the error keeps its loc, type and msg only.
+MAX_ECHO_CHARS = 64 * 1024
+
+
+def _encoded(error: Any) -> Any:
+    """One validation error as JSON, its input echoed only when small.
+
+    The input is usually the parsed body or part of it: jsonable_encoder walks it in Python, seconds for a 4 MB
+    body of tiny arrays, all on the event loop. json.dumps measures it in C; what it can encode is JSON already.
+    """
+    if not isinstance(error, dict) or "input" not in error:
+        return jsonable_encoder(error)
+    try:
+        echo = json.dumps(error["input"], allow_nan=False)
+    except (TypeError, ValueError, RecursionError):  # not plain JSON (a date, a model): jsonable_encoder knows it
+        return jsonable_encoder(error)
+    return {
+        key: value if key == "input" else jsonable_encoder(value)
+        for key, value in error.items()
+        if key != "input" or len(echo) <= MAX_ECHO_CHARS
+    }
+
+
 def reject_above_cap(where: str, field: str, value: int, cap: int) -> None:
     """Reject a count above its configured cap with the same 422 shape as schema validation."""
     if value > cap:
@@ -68,12 +91,28 @@ def reject_above_cap(where: str, field: str, value: int, cap: int) -> None:
         )
 
 
+def domain_error_response(exc: DomainError) -> JSONResponse:
+    """The response for a domain error, also for middleware that answers before any route (the key gate)."""
+    headers = {}
+    if exc.status_code in (429, 503, 504):
+        headers["Retry-After"] = str(exc.retry_after or RETRY_AFTER_SECONDS)
+    if exc.status_code == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="ticket-rag"'
+    if exc.status_code >= 500:
+        logger.warning("%s: %s", type(exc).__name__, exc.detail)
+    if isinstance(exc, InvalidRequest):
+        detail: Any = [{"type": "value_error", "loc": list(exc.loc), "msg": exc.detail}]
+    else:
+        detail = exc.detail
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
+
+
 def register_error_handlers(app: FastAPI) -> None:
     """Map domain errors to status codes; anything unexpected becomes a logged, generic 500."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+        return _AsciiJSONResponse({"detail": [_encoded(error) for error in exc.errors()]}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> Response:
@@ -84,18 +123,7 @@ def register_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
-        headers = {}
-        if exc.status_code in (429, 503, 504):
-            headers["Retry-After"] = str(exc.retry_after or RETRY_AFTER_SECONDS)
-        if exc.status_code == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="ticket-rag"'
-        if exc.status_code >= 500:
-            logger.warning("%s: %s", type(exc).__name__, exc.detail)
-        if isinstance(exc, InvalidRequest):
-            detail: Any = [{"type": "value_error", "loc": list(exc.loc), "msg": exc.detail}]
-        else:
-            detail = exc.detail
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
+        return domain_error_response(exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import weaviate
 from fastapi import Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from weaviate.classes.config import (
     Configure,
@@ -92,6 +92,8 @@ ANONYMOUS = Principal(key_id=None, role=Role.admin, collections=frozenset({ALL})
 
 
 class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(min_length=1, max_length=100, examples=["helpdesk-frontend"])
     role: Role = Field(Role.read, description="read (1), write (2) or admin (3)")
     collections: list[Annotated[str, Field(pattern=COLLECTION_PATTERN + "|^\\*$")]] = Field(
@@ -280,6 +282,10 @@ class RateLimiter:
                 self._buckets = dict(list(self._buckets.items())[-50_000:])
 
 
+# Where a request's resolved principal is kept (in its ASGI scope's per-request state).
+_RESOLVED = "ticket_rag.principal"
+
+
 @dataclass
 class Gatekeeper:
     """Resolves the caller of each request: bootstrap admin key, stored key, or anonymous (if allowed)."""
@@ -292,6 +298,11 @@ class Gatekeeper:
     failures: RateLimiter
 
     def principal(self, request: Request) -> Principal:
+        """The caller, resolved once per request: the key gate (before the body is read) and the route share it."""
+        state = request.scope.setdefault("state", {})
+        resolved = state.get(_RESOLVED)
+        if isinstance(resolved, Principal):  # one rate-limit token per request, however often it is asked
+            return resolved
         address = f"ip:{request.client.host if request.client else '-'}"
         presented = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization"))
         if presented:
@@ -301,8 +312,9 @@ class Gatekeeper:
             principal = ANONYMOUS
         else:
             raise Unauthorized("an API key is required (X-API-Key header or Authorization: Bearer)")
-        request.scope.setdefault("state", {})["key_id"] = principal.key_id
+        state["key_id"] = principal.key_id
         self.limiter.check(principal.key_id or address)
+        state[_RESOLVED] = principal
         return principal
 
     def _authenticate(self, presented: str, address: str) -> Principal:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
@@ -25,6 +24,7 @@ from ticket_rag.tickets.schemas import (
     CollectionCreate,
     CollectionPublic,
     CollectionsPublic,
+    DateTime,
     Priority,
     SearchFilters,
     SearchRequest,
@@ -62,8 +62,9 @@ def _filters(
     # The same types and list caps as SearchFilters, so a bad value is a 422 here, not an error building it.
     category: Annotated[list[ShortText] | None, Query(max_length=50)] = None,
     tags: Annotated[list[Tag] | None, Query(max_length=50)] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    # the store's date range (schemas.DateTime): a date outside it is a 422 naming the parameter
+    created_after: DateTime | None = None,
+    created_before: DateTime | None = None,
 ) -> SearchFilters:
     return SearchFilters(
         priority=priority,

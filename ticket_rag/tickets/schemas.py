@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Literal
 
@@ -41,8 +41,27 @@ ExternalId = Annotated[
     str, StringConstraints(min_length=1, max_length=200), AfterValidator(clean_text), AfterValidator(not_blank)
 ]
 CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
+
 # What a user asks with: a search query, a RAG question, a retriever query.
 QueryText = Annotated[str, StringConstraints(max_length=2000), AfterValidator(clean_text), AfterValidator(not_blank)]
+
+# Weaviate keeps a date as int64 nanoseconds (1677-09-21 to 2262-04-11): past either end a date is stored, sorted
+# and compared as some other date. Tickets are far inside 1900-2200, with room for any time zone at either end;
+# a date outside is a typo or a placeholder ("9999-12-31" for "no limit"), refused with a 422 naming the field.
+EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_DATE = datetime(2200, 1, 1, tzinfo=UTC)  # exclusive
+
+
+def in_date_range(value: datetime) -> datetime:
+    """Refuse a date Weaviate cannot keep faithfully; the value itself is kept as given (naive or aware)."""
+    aware = value if value.utcoffset() is not None else value.replace(tzinfo=UTC)  # naive is UTC, as stored
+    if not EARLIEST_DATE <= aware < LATEST_DATE:
+        raise ValueError("must be from 1900-01-01T00:00:00Z up to (not including) 2200-01-01T00:00:00Z")
+    return value
+
+
+# Every date the API accepts: ticket dates and the date filters of search, listing, RAG and the retriever.
+DateTime = Annotated[datetime, AfterValidator(in_date_range)]
 
 
 class Priority(str, Enum):
@@ -81,7 +100,7 @@ class TicketBase(_Strict):
 class TicketCreate(TicketBase):
     external_id: ExternalId | None = Field(None, description="The ticket's id in the help desk it came from.")
     collection: CollectionName | None = Field(None, description="Defaults to the service's default collection.")
-    created_at: datetime | None = Field(None, description="When the ticket was opened; defaults to now.")
+    created_at: DateTime | None = Field(None, description="When the ticket was opened; defaults to now.")
 
 
 class TicketUpdate(_Strict):
@@ -201,8 +220,8 @@ class SearchFilters(_Strict):
     status: list[Status] | None = None
     category: list[ShortText] | None = Field(None, max_length=50)
     tags: list[Tag] | None = Field(None, max_length=50, description="Tickets with any of these tags.")
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    created_after: DateTime | None = None
+    created_before: DateTime | None = None
 
 
 SearchMode = Literal["vector", "keyword", "hybrid"]

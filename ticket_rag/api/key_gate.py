@@ -1,0 +1,42 @@
+"""Authenticate a request that carries a body before anything reads that body.
+
+The routes authenticate through their dependencies, which FastAPI runs only after it has read and parsed the
+body, and the strict-JSON check (ticket_rag/api/strict_json.py) reads and parses every body before any route.
+Without this gate, a caller with no key (or a wrong one) could make the service read, decode and walk
+MAX_BODY_BYTES of JSON only to be told 401. Here the caller is resolved from the headers alone; the route's
+dependency reuses that result (Gatekeeper.principal keeps it in the request's state), so a request still
+takes one rate-limit token and looks its key up once.
+"""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ticket_rag.api.http_errors import domain_error_response
+from ticket_rag.auth.keys import Gatekeeper
+from ticket_rag.errors import DomainError
+
+# The methods whose bodies the strict-JSON check reads; every route that takes one needs a key.
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class KeyGateMiddleware:
+    """401 (or 429, or 503 while the keys cannot be read) before the body of a POST, PUT or PATCH is read."""
+
+    def __init__(self, app: ASGIApp, *, gatekeeper: Gatekeeper) -> None:
+        self.app = app
+        self.gatekeeper = gatekeeper
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            # The key store may ask Weaviate (a sync client): off the event loop, as the route's dependency does.
+            await run_in_threadpool(self.gatekeeper.principal, Request(scope))
+        except DomainError as exc:
+            await domain_error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
