@@ -148,3 +148,24 @@ def test_an_interrupted_import_resumes_where_it_stopped(live_server: LiveServer,
     )
     assert f"{done_before} already imported (resumed)" in result.stdout
     assert _count(live_server) == 400
+
+
+def test_a_file_that_repeats_a_ticket_imports_with_the_last_row_kept(live_server: LiveServer, tmp_path: Path) -> None:
+    # an export with a row per update of one ticket, and two identical rows without an id, in one bulk batch
+    path = tmp_path / "repeats.csv"
+    path.write_text(
+        "id,subject,body,prio\n"
+        "7,VPN drops,The tunnel drops hourly,low\n"
+        ",Printer not working,Nothing prints,low\n"
+        "7,VPN drops,The tunnel drops hourly,high\n"
+        ",Printer not working,Nothing prints,low\n",
+        encoding="utf-8",
+    )
+    mapping = ["--map", "external_id=id", "--map", "title=subject", "--map", "description=body", "--map", "priority=prio"]
+    result = _import(live_server, path, tmp_path, *mapping)
+    assert result.returncode == 0, result.stderr
+    assert "4 rows: 2 created, 0 updated, 0 failed" in result.stdout
+    assert "2 replaced by a later row with the same external id" in result.stdout
+    assert _count(live_server) == 2
+    vpn = httpx.get(f"{live_server.url}/tickets/", params={"priority": "high"}).json()["data"]
+    assert [t["external_id"] for t in vpn] == ["7"]

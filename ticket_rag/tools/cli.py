@@ -117,7 +117,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         print(f"failed {failure}", file=sys.stderr)
     print(
         f"{report.rows} rows: {report.created} created, {report.updated} updated, "
-        f"{len(report.failures)} failed, {report.skipped} already imported (resumed)"
+        f"{len(report.failures)} failed, {report.skipped} already imported (resumed), "
+        f"{report.superseded} replaced by a later row with the same external id"
     )
     return 0
 

@@ -77,6 +77,8 @@ class ImportReport:
     created: int = 0
     updated: int = 0
     skipped: int = 0
+    # rows whose external_id a later row of the same batch repeats: the later row is stored (as across batches)
+    superseded: int = 0
     failures: list[str] = field(default_factory=list)
 
 
@@ -221,7 +223,13 @@ class Importer:
         return report
 
     def _send(self, batch: list[tuple[int, dict[str, Any]]], report: ImportReport) -> None:
-        body = {"tickets": [payload for _, payload in batch], "collection": self.collection}
+        # One bulk request may not name an external_id twice (422): the later row wins, as it does across batches
+        # (an export with a row per update of a ticket; two rows without an id and the same title and description).
+        ids = [payload.get("external_id") or f"\x00row {n}" for n, (_, payload) in enumerate(batch)]
+        last = {external_id: n for n, external_id in enumerate(ids)}
+        kept = [item for n, item in enumerate(batch) if last[ids[n]] == n]
+        report.superseded += len(batch) - len(kept)
+        body = {"tickets": [payload for _, payload in kept], "collection": self.collection}
         for attempt in range(self.retries + 1):
             try:
                 response = self.http.post("/tickets/bulk", json=body)
