@@ -161,7 +161,7 @@ def test_a_file_that_repeats_a_ticket_imports_with_the_last_row_kept(live_server
         ",Printer not working,Nothing prints,low\n",
         encoding="utf-8",
     )
-    mapping = ["--map", "external_id=id", "--map", "title=subject", "--map", "description=body", "--map", "priority=prio"]
+    mapping = [f"--map={pair}" for pair in ("external_id=id", "title=subject", "description=body", "priority=prio")]
     result = _import(live_server, path, tmp_path, *mapping)
     assert result.returncode == 0, result.stderr
     assert "4 rows: 2 created, 0 updated, 0 failed" in result.stdout
