@@ -15,6 +15,7 @@ from chains.evidence import EvidenceModel, evidence_features
 from chains.extractive import MORE_SENTENCES, NEAR_DUPLICATE, Ranked, candidates, compose, rank, select
 from chains.grounding import ungrounded
 from chains.guard import Degeneracy, RepetitionGuard, degeneracy
+from chains.sanitize import plain_text
 from ticket_rag.tickets.keywords import KeywordAnalyzer
 
 
@@ -82,7 +83,7 @@ def escalation_answer(evidence: Evidence, sources: Sequence[dict[str, Any]]) -> 
     ]
     if sources:
         top = max(sources, key=lambda s: s["score"])
-        lines.append(f"Closest ticket: [{top['ref']}] {top['title']} (similarity {top['score']:.2f}).")
+        lines.append(f"Closest ticket: [{top['ref']}] {plain_text(top['title'])} (similarity {top['score']:.2f}).")
     if evidence.ranked:
         item = evidence.ranked[0]
         lines.append(

@@ -8,6 +8,7 @@ from typing import Any
 
 from langchain_core.documents import Document
 
+from chains.sanitize import plain_text
 from chains.schemas import ChatTurn, Source
 from ticket_rag.embeddings.redaction import keep
 
@@ -72,8 +73,8 @@ def listing(sources: list[dict[str, Any]]) -> str:
     """The answer when generation is off (LLM_PROVIDER=none): the tickets and how they were resolved."""
     lines = ["Generation is off; the most relevant past tickets:"]
     for n, s in enumerate(sources, start=1):
-        line = f"{n}. [{s['ref']}] {s['title']} ({s['status'] or 'unknown'})"
+        line = f"{n}. [{s['ref']}] {plain_text(s['title'])} ({s['status'] or 'unknown'})"
         if s.get("resolution"):
-            line += f": {s['resolution']}"
+            line += f": {plain_text(s['resolution'])}"
         lines.append(line)
     return "\n".join(lines)

