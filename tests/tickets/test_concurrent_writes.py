@@ -60,3 +60,19 @@ def test_a_patch_and_a_delete_at_once_end_deleted_without_a_fieldless_422(client
             assert ticket in patch.json()["detail"]
         assert client.get(f"/tickets/{ticket}").status_code == 404
         assert ticket not in _keyword_hits(client, "relay")
+
+
+def test_one_idempotency_key_with_two_bodies_at_once_stores_one_and_refuses_the_other(client: TestClient) -> None:
+    for n in range(3):
+        key = {"Idempotency-Key": f"race-{n}"}
+        bodies = [
+            {"title": f"Refund request {n}", "description": "Charged twice this month.", "priority": "low"},
+            {"title": f"Refund request {n}", "description": "Charged twice this month.", "priority": "urgent"},
+        ]
+        answers = at_once(*(partial(client.post, "/tickets/", json=body, headers=key) for body in bodies))
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [201, 422], [r.text for r in answers]
+        refused = next(r for r in answers if r.status_code == 422)
+        assert refused.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+        kept = next(r for r in answers if r.status_code == 201).json()
+        assert client.get(f"/tickets/{kept['id']}").json()["priority"] == kept["priority"]

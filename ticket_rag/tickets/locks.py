@@ -20,6 +20,7 @@ interleave writes to one ticket. That limit is documented in docs/scaling.md.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -55,9 +56,10 @@ class KeyedLocks:
             for entry in entries:
                 entry.users += 1
         held: list[_Entry] = []
+        deadline = time.monotonic() + self.wait_seconds  # for all the keys together, not each
         try:
             for entry in entries:
-                if not entry.lock.acquire(timeout=self.wait_seconds):
+                if not entry.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
                     raise StoreUnavailable("another change to the same tickets is still running; try again shortly")
                 held.append(entry)
             yield

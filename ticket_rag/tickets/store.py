@@ -312,6 +312,16 @@ class TicketStore:
         ]
         # A replaced ticket keeps its links: read and rewritten under its lock, so no confirmation in between is lost.
         with self.locks.tickets(collection, ids):
+            if fingerprint is not None:
+                # The router checked the key before embedding; two attempts with one key and different bodies at the
+                # same time both passed that check, so the later one is refused here (within this process).
+                keyed_ids = [i for i, is_keyed in zip(ids, keyed, strict=True) if is_keyed]
+                for first in self.first_attempts(ids=keyed_ids, collection=collection).values():
+                    if first.fingerprint not in (None, fingerprint):
+                        raise InvalidRequest(
+                            "this Idempotency-Key was used for a different request; send a new key",
+                            loc=("header", "Idempotency-Key"),
+                        )
             now = datetime.now(UTC)
             existing = self._kept_of([i for i, t in zip(ids, tickets, strict=True) if t.external_id], collection)
             objects, results = [], []
@@ -389,15 +399,25 @@ class TicketStore:
 
     def update(self, *, ticket_id: uuid.UUID, collection: str, changes: TicketUpdate) -> TicketPublic:
         """Apply a partial update; re-embed only when the embedded text changes."""
-        # Read, merge, embed and write under the ticket's lock: two PATCHes of title and description at once would
+        # Read, merge and write under the ticket's lock: two PATCHes of title and description at once would
         # otherwise each compute the keyword terms and the vector from a merge that misses the other's change.
+        # The embedding (tens of ms) is computed before the lock is taken, from a first read, and used only if the
+        # text it was computed from is still the text the merge under the lock gives; else it is computed again.
+        patch = changes.model_dump(exclude_unset=True)
+        embedded: tuple[str, list[float]] | None = None
+        if "title" in patch or "description" in patch:
+            first = self.get(ticket_id=ticket_id, collection=collection)
+            guess = first.model_copy(update=patch)
+            text = embedded_text(guess.title, guess.description)
+            if text != embedded_text(first.title, first.description):
+                embedded = (text, self.embed([text])[0])
         with self.locks.tickets(collection, [ticket_id]):
             current = self.get(ticket_id=ticket_id, collection=collection)
-            patch = changes.model_dump(exclude_unset=True)
             merged = current.model_copy(update=patch)
-            vector = None
-            if embedded_text(merged.title, merged.description) != embedded_text(current.title, current.description):
-                vector = self.embed([embedded_text(merged.title, merged.description)])[0]
+            merged_text = embedded_text(merged.title, merged.description)
+            vector = None  # unless the embedded text changes
+            if merged_text != embedded_text(current.title, current.description):
+                vector = embedded[1] if embedded and embedded[0] == merged_text else self.embed([merged_text])[0]
             now = datetime.now(UTC)
             props = _properties(patch)
             props["updated_at"] = now
@@ -437,7 +457,10 @@ class TicketStore:
                     }
                     if links.get("duplicate_of") == gone:
                         changes["duplicate_of"] = ""
-                    self.set_links(ticket_id=other_id, collection=collection, links=changes)
+                    try:
+                        self.set_links(ticket_id=other_id, collection=collection, links=changes)
+                    except TicketNotFound:
+                        continue  # deleted meanwhile (by another replica): no link left to remove
 
     def _linked_to(self, ticket_id: uuid.UUID, collection: str) -> dict[uuid.UUID, dict[str, Any]]:
         """The links of every ticket that names this one as its original, a duplicate or a rejected duplicate."""
