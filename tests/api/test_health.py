@@ -19,6 +19,12 @@ def test_liveness_answers_without_io(client: TestClient) -> None:
     assert response.headers["x-request-id"]
 
 
+def test_probes_may_use_head(client: TestClient) -> None:
+    for path in ("/health", "/health/ready"):
+        response = client.head(path)
+        assert response.status_code == 200 and response.content == b"", path
+
+
 def test_ready_when_weaviate_and_model_are_up(client: TestClient) -> None:
     response = client.get("/health/ready")
     assert response.status_code == 200

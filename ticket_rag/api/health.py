@@ -28,6 +28,10 @@ async def liveness() -> Health:
     return Health(status="ok")
 
 
+# HEAD as well, for probes that use it (RFC 9110: HEAD wherever GET is); kept out of the API description.
+router.head("", include_in_schema=False)(liveness)
+
+
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
 def readiness(services: ServicesDep) -> JSONResponse:
     """Weaviate answers and the embedding model is loaded (its last call did not fail); 503 naming the failing part
@@ -43,3 +47,6 @@ def readiness(services: ServicesDep) -> JSONResponse:
     ready = weaviate_status == "ok" and embeddings_status == "ok"
     body = Readiness(status="ready" if ready else "not ready", weaviate=weaviate_status, embeddings=embeddings_status)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+router.head("/ready", include_in_schema=False)(readiness)

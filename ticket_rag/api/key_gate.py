@@ -22,20 +22,32 @@ from ticket_rag.errors import DomainError
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
+def _has_body(scope: Scope) -> bool:
+    """A POST, PUT or PATCH, or any other request that says it sends a body (a DELETE with one, say)."""
+    if scope["method"] in BODY_METHODS:
+        return True
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
+            return True
+    return False
+
+
 class KeyGateMiddleware:
-    """401 (or 429, or 503 while the keys cannot be read) before the body of a POST, PUT or PATCH is read."""
+    """401 (or 429, or 503 while the keys cannot be read) before the body of a request is read."""
 
     def __init__(self, app: ASGIApp, *, gatekeeper: Gatekeeper) -> None:
         self.app = app
         self.gatekeeper = gatekeeper
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+        if scope["type"] != "http" or not _has_body(scope):
             await self.app(scope, receive, send)
             return
         try:
             # The key store may ask Weaviate (a sync client): off the event loop, as the route's dependency does.
-            await run_in_threadpool(self.gatekeeper.principal, Request(scope))
+            # Looked up per request, as the routes' dependency does (app.state.gatekeeper), so both see one object.
+            gatekeeper: Gatekeeper = scope["app"].state.gatekeeper if "app" in scope else self.gatekeeper
+            await run_in_threadpool(gatekeeper.principal, Request(scope))
         except DomainError as exc:
             await domain_error_response(exc)(scope, receive, send)
             return

@@ -12,11 +12,17 @@ import time
 import uuid
 from typing import Any
 
+from starlette.middleware import body_limit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ticket_rag.runtime.metrics import LATENCY, REQUESTS
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# Starlette's signal that its body limit sent a 413 in place of the app's response (no public name; as FastAPI does).
+_LIMIT_RESPONSE_SENT: tuple[type[BaseException], ...] = tuple(
+    c for c in [getattr(body_limit, "_RequestBodyLimitResponseSent", None)] if isinstance(c, type)
+)
+METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 access_logger = logging.getLogger("ticket_rag.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
@@ -100,13 +106,16 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
             if not response_started:
                 raise
             # A streamed response already told the client (LangServe sends an `error` event); re-raising
             # now would only cut the connection with a second, noisier report. A 413 sent while a chunked
             # body was still arriving ends with the body limit's own signal: expected, not an error.
-            if status == 413:
+            if status == 413 or isinstance(exc, _LIMIT_RESPONSE_SENT):
+                # A declared Content-Length over the limit: Starlette's limiter answered 413 in place of whatever
+                # response began (a 401 from the key gate, say) and signals it by this exception. Expected too.
+                status = 413
                 logging.getLogger(__name__).debug("body over MAX_BODY_BYTES refused while it streamed in")
             else:
                 logging.getLogger(__name__).exception("error after the response started")
@@ -114,8 +123,10 @@ class RequestContextMiddleware:
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
-            REQUESTS.labels(scope["method"], route_path, str(status)).inc()
-            LATENCY.labels(scope["method"], route_path).observe(elapsed)
+            # any other method is one label: a client inventing methods must not grow the metrics without bound
+            method = scope["method"] if scope["method"] in METRIC_METHODS else "other"
+            REQUESTS.labels(method, route_path, str(status)).inc()
+            LATENCY.labels(method, route_path).observe(elapsed)
             access_logger.info(
                 "request",
                 extra={

@@ -304,7 +304,12 @@ class Gatekeeper:
         if isinstance(resolved, Principal):  # one rate-limit token per request, however often it is asked
             return resolved
         address = f"ip:{request.client.host if request.client else '-'}"
-        presented = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization"))
+        header, bearer = request.headers.get("x-api-key"), _bearer(request.headers.get("authorization"))
+        if header and bearer and not hmac.compare_digest(header.encode(), bearer.encode()):
+            # two different keys: which one to believe is not ours to guess, and the wrong one must not go unnoticed
+            self.failures.check(address)
+            raise Unauthorized("two different API keys (X-API-Key and Authorization: Bearer); send one")
+        presented = header or bearer
         if presented:
             self.failures.check(address, take=False)
             principal = self._authenticate(presented, address)
