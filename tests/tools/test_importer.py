@@ -169,3 +169,51 @@ def test_a_file_that_repeats_a_ticket_imports_with_the_last_row_kept(live_server
     assert _count(live_server) == 2
     vpn = httpx.get(f"{live_server.url}/tickets/", params={"priority": "high"}).json()["data"]
     assert [t["external_id"] for t in vpn] == ["7"]
+
+
+def test_hostile_jsonl_lines_fail_one_by_one_and_the_rest_is_imported(live_server: LiveServer, tmp_path: Path) -> None:
+    path = tmp_path / "hostile.jsonl"
+    good = [json.dumps({"title": f"Good {n}", "description": "A fine ticket.", "external_id": f"g{n}"}) for n in (1, 2)]
+    path.write_text(
+        "\n".join(
+            [
+                good[0],
+                "[1, 2, 3]",
+                '{"title": "dup", "title": "second", "description": "x"}',
+                '{"title": "nan", "description": NaN}',
+                '{"title": "deep", "description": "x", "tags": ' + "[" * 3000 + "]" * 3000 + "}",
+                '{"title": "deepish", "description": "x", "extra": ' + "[" * 40 + "]" * 40 + "}",
+                good[1],
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    result = _import(live_server, path, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "7 rows: 2 created, 0 updated, 5 failed" in result.stdout, result.stdout + result.stderr
+    for line, reason in [(2, "JSON object"), (3, "appears twice"), (4, "NaN"), (5, "nested"), (6, "nested deeper")]:
+        assert f"failed line {line}: " in result.stderr and reason in result.stderr, (line, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert _count(live_server) == 2
+
+
+def test_a_file_that_is_not_utf8_is_named_as_such(live_server: LiveServer, tmp_path: Path) -> None:
+    for name, data in [
+        ("latin1.csv", "title,description\nCafé,Crème brûlée\n".encode("latin-1")),
+        ("utf16.csv", "title,description\nA,B\n".encode("utf-16")),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        result = _import(live_server, path, tmp_path)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert "is not UTF-8" in result.stderr, result.stderr
+    assert "UTF-16" in result.stderr
+
+
+def test_a_refused_batch_says_to_fix_the_options_not_to_resume(live_server: LiveServer, tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("title,description\nA ticket,With a body\n", encoding="utf-8")
+    result = _import(live_server, path, tmp_path, "--collection", "nosuchcollection")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "fix the options or the file" in result.stderr and "resume" not in result.stderr, result.stderr

@@ -23,6 +23,7 @@ import httpx
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from ticket_rag.errors import ConfigError
 from ticket_rag.tickets.schemas import TicketCreate
 
 logger = logging.getLogger(__name__)
@@ -83,22 +84,73 @@ class ImportReport:
 
 
 def read_rows(path: Path, fmt: str | None = None) -> Iterator[Row]:
-    """Rows of a CSV (header line first) or JSONL file, each with the line it starts on."""
+    """Rows of a CSV (header line first) or JSONL file, each with the line it starts on.
+
+    A JSONL line that is not one JSON object the API would accept (invalid JSON, a key twice, NaN, nesting past
+    the API's depth, an array) is a row that fails with its reason, and the others go on; a file that is not
+    UTF-8 is a ConfigError naming what it looks like instead.
+    """
     fmt = fmt or ("jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "csv")
     with path.open(newline="", encoding="utf-8-sig") as fh:
-        if fmt == "jsonl":
-            for number, line in enumerate(fh, start=1):
-                if line.strip():
-                    try:
-                        yield Row(number, json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        yield Row(number, {"__error__": f"invalid JSON: {exc.msg}"})
-            return
-        reader = csv.DictReader(fh)
-        start = reader.line_num + 1
-        for record in reader:
-            yield Row(start if start > 1 else 2, record)
+        try:
+            if fmt == "jsonl":
+                for number, line in enumerate(fh, start=1):
+                    if line.strip():
+                        yield Row(number, _json_row(line))
+                return
+            reader = csv.DictReader(fh)
             start = reader.line_num + 1
+            for record in reader:
+                yield Row(start if start > 1 else 2, record)
+                start = reader.line_num + 1
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not UTF-8 text ({_encoding_hint(path)}); save it as UTF-8 first") from exc
+
+
+# The API refuses JSON nested deeper than this (ticket_rag/api/strict_json.py); a row nested deeper would only fail
+# there, after the rows beside it in its batch were refused with it.
+MAX_DEPTH = 32
+
+
+def _json_row(line: str) -> dict[str, Any]:
+    try:
+        value = json.loads(line, object_pairs_hook=_no_repeated_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        return {"__error__": f"invalid JSON: {exc.msg}"}
+    except (ValueError, RecursionError) as exc:
+        return {"__error__": f"invalid JSON: {exc}" if isinstance(exc, ValueError) else "invalid JSON: nested too deep"}
+    if not isinstance(value, dict):
+        return {"__error__": f"a line must be one JSON object, not {type(value).__name__}"}
+    if _depth(value) > MAX_DEPTH:
+        return {"__error__": f"invalid JSON: nested deeper than {MAX_DEPTH} levels"}
+    return value
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"key {repeated[0]!r} appears twice")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _encoding_hint(path: Path) -> str:
+    head = path.read_bytes()[:4]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 2 and 0 in head[:2]):
+        return "it looks like UTF-16"
+    return "perhaps Latin-1 or Windows-1252"
 
 
 def parse_mapping(preset: str | None, pairs: list[str]) -> dict[str, Any]:
@@ -242,8 +294,15 @@ class Importer:
                     report.created += result["created"]
                     report.updated += result["updated"]
                     return
+                lines = f"lines {batch[0][0]}-{batch[-1][0]}"
+                if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+                    # the request itself is refused (a bad key, a collection that does not exist): a re-run would
+                    # be refused the same way until the options or the file change
+                    raise ConfigError(
+                        f"import stopped at {lines}: the service refused them ({response.status_code}): "
+                        f"{response.text[:300]}; fix the options or the file, then run the command again"
+                    )
                 if response.status_code not in (429, 502, 503, 504) or attempt == self.retries:
-                    lines = f"lines {batch[0][0]}-{batch[-1][0]}"
                     raise RuntimeError(f"{lines}: the service answered {response.status_code}: {response.text[:300]}")
             time.sleep(min(30.0, 0.5 * 2**attempt))
 
