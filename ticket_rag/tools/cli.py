@@ -79,6 +79,10 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
     rate limits and invalid-key lockout count against, and lock out another address's users.
     """
     if not settings.forwarded_allow_ips:
+        logger.info(
+            "X-Forwarded-For is ignored: every client is its connecting address. Behind a reverse proxy on this host, "
+            "set FORWARDED_ALLOW_IPS to it, or all clients share one rate limit and one invalid-key lockout"
+        )
         return {"proxy_headers": False}
     return {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
 
