@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,9 @@ MAX_DEPTH = 32  # the deepest legitimate body (a batch of inputs with filters or
 MAX_CONTAINERS = 100_000
 # Bodies above this are checked in a worker thread (64 KiB takes a few milliseconds; 4 MiB up to half a second).
 THREAD_ABOVE_BYTES = 64 * 1024
+# At most this many such checks at once: each holds about nine times its body in numpy arrays (36 MB for 4 MB), so
+# forty concurrent large bodies from valid keys would otherwise hold 1.5 GB.
+_LARGE_CHECKS = threading.BoundedSemaphore(4)
 BOM = b"\xef\xbb\xbf"
 NOT_UTF8 = "the body is not UTF-8 (JSON must be, RFC 8259)"
 TOO_DEEP = f"JSON nested deeper than {MAX_DEPTH} levels"
@@ -127,6 +131,12 @@ def refusal(body: bytes) -> str | None:
     return None
 
 
+def _limited_refusal(body: bytes) -> str | None:
+    """refusal() for a large body in a worker thread, a few at a time (see _LARGE_CHECKS)."""
+    with _LARGE_CHECKS:
+        return refusal(body)
+
+
 class StrictJsonMiddleware:
     """A 422 naming the reason for a body that is JSON only to Python; the body is replayed to the route otherwise."""
 
@@ -147,7 +157,7 @@ class StrictJsonMiddleware:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         if len(body) > THREAD_ABOVE_BYTES:
-            reason = await run_in_threadpool(refusal, body)
+            reason = await run_in_threadpool(_limited_refusal, body)
         else:
             reason = refusal(body) if body else None
         if reason is None:
