@@ -31,6 +31,10 @@ from ticket_rag.errors import StoreUnavailable
 # A holder waits at most this long: longer than one write's deadline (30 s), and it keeps a queue behind a hung
 # write from filling the thread pool for ever.
 WAIT_SECONDS = 90.0
+# At most this many requests wait for one key (a ticket, or a collection's links) besides its holder; more are a 503
+# at once. Each waiter is a worker thread of the shared pool (40): one slow holder, say a delete of an original with
+# thousands of duplicates, must not let a queue behind it take every thread of the process.
+MAX_WAITERS = 16
 
 
 @dataclass
@@ -42,10 +46,11 @@ class _Entry:
 class KeyedLocks:
     """Mutexes by name, made on first use and dropped when nobody holds or waits for them."""
 
-    def __init__(self, *, wait_seconds: float = WAIT_SECONDS) -> None:
+    def __init__(self, *, wait_seconds: float = WAIT_SECONDS, max_waiters: int = MAX_WAITERS) -> None:
         self._guard = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self.wait_seconds = wait_seconds
+        self.max_waiters = max_waiters
 
     @contextmanager
     def hold(self, keys: Iterable[str]) -> Iterator[None]:
@@ -53,6 +58,11 @@ class KeyedLocks:
         ordered = sorted(set(keys))
         with self._guard:
             entries = [self._entries.setdefault(key, _Entry()) for key in ordered]
+            if any(entry.users > self.max_waiters for entry in entries):  # a holder and max_waiters waiting already
+                for key, entry in zip(ordered, entries, strict=True):
+                    if entry.users == 0:
+                        del self._entries[key]
+                raise StoreUnavailable("too many changes to the same tickets are waiting; try again shortly")
             for entry in entries:
                 entry.users += 1
         held: list[_Entry] = []
