@@ -27,7 +27,7 @@ _COURTESY = re.compile(
     r"sehr geehrte|liebe|hallo|guten tag|mit freundlichen|viele grüße|beste grüße|freundliche grüße)\b",
     re.I,
 )
-_PLACEHOLDER = re.compile(r"<[^>]{1,40}>|\{[a-z_]{2,40}\}")
+_PLACEHOLDER = re.compile(r"<[^>]{1,40}>|\[[^\]]{1,40}\]|\{[a-z_]{2,40}\}")
 MIN_WORDS = 4
 MAX_CHARS = 400
 RESOLUTION_BONUS = 0.05

@@ -25,10 +25,32 @@ def _unlinked(text: str) -> str:
     return _URL.sub("[link removed]", text)
 
 
+# A bare <word> that is no HTML element is an anonymisation placeholder (the demo tickets' <name>, <tel_num>,
+# <Tel Nummer>): kept, as [name], rather than dropped with the markup, so "call <tel_num>" still reads as a gap.
+_LINE_BREAK = re.compile(r"<br\s*/?>", re.I)
+_PLACEHOLDER_TAG = re.compile(r"<([A-Za-z][\w -]{0,30}?)>")
+_HTML_ELEMENTS = frozenset(
+    "a abbr address area article aside audio b base bdi bdo big blink blockquote body br button canvas caption center "
+    "cite code col colgroup data datalist dd del details dfn dialog div dl dt em embed fieldset figcaption figure font "
+    "footer form frame frameset h1 h2 h3 h4 h5 h6 head header hr html i iframe image img input ins kbd label legend li "
+    "link main map mark marquee math menu meta meter nav noscript object ol optgroup option output p param picture "
+    "plaintext pre progress q rp rt ruby s samp script section select slot small source span strike strong style sub "
+    "summary sup svg table tbody td template textarea tfoot th thead time title tr track tt u ul var video wbr "
+    "xmp".split()
+)
+
+
+def _placeholder(match: re.Match[str]) -> str:
+    name = match.group(1)
+    return match.group(0) if name.split()[0].lower() in _HTML_ELEMENTS else f"[{name}]"
+
+
 def plain_text(text: str) -> str:
     """Ticket text as an answer may quote it (the extractive answer, the listing, an escalation's closest ticket):
     no images, links, markup or URLs, and nothing that would read as a citation ([#1a2b3c4d], [T2]), since a ticket
-    could otherwise make an answer cite tickets it never retrieved, another collection's included."""
+    could otherwise make an answer cite tickets it never retrieved, another collection's included. Anonymisation
+    placeholders stay, in brackets: <tel_num> becomes [tel_num]."""
+    text = _LINE_BREAK.sub(" ", _PLACEHOLDER_TAG.sub(_placeholder, text))
     return _CITATION_LIKE.sub("", _unlinked(text))
 
 

@@ -27,3 +27,8 @@ def test_a_model_copying_a_foreign_reference_or_a_link_from_a_ticket_is_cleaned_
 def test_ticket_text_quoted_in_an_answer_has_no_citation_like_brackets() -> None:
     text = plain_text(f"Reseat the cable [T2] as in [{FOREIGN}]; <b>then</b> reboot, see https://evil.example/a.")
     assert text == "Reseat the cable  as in ; then reboot, see [link removed]"
+
+
+def test_anonymisation_placeholders_stay_readable_while_markup_goes() -> None:
+    text = plain_text("Thank you, <name>. Call <tel_num> or <Tel Nummer>.<br>Use <b>this</b> <img src=x onerror=a()>")
+    assert text == "Thank you, [name]. Call [tel_num] or [Tel Nummer]. Use this "
