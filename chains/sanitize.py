@@ -4,25 +4,54 @@ made safe to quote (plain_text)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
-_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
-_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
-_HTML = re.compile(r"</?[a-z][a-z0-9-]*\b[^>]*>", re.I)  # any HTML element: a client may render the answer
-_URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.I)
+# Every repeat is bounded: ticket text reaches these (up to 20,000 characters), and an unbounded `[^\]]*` scans to the
+# end of the text from every "[", quadratic on "[[[[...".
+_IMAGE = re.compile(r"!\[[^\]\n]{0,500}\]\([^)\n]{0,2000}\)")
+_LINK = re.compile(r"\[([^\]\n]{0,500})\]\([^)\n]{0,2000}\)")
+_HTML = re.compile(r"</?[a-z][a-z0-9-]*\b[^>]{0,2000}>", re.I)  # any HTML element: a client may render the answer
+# URLs: with a scheme (a backslash works as a slash in browsers), www., protocol-relative, and script/data URLs
+_URL = re.compile(
+    r"\b(?:https?|ftp):[\\/]{2}\S+|\bwww\.\S+|(?<![\w/:])//[\w-]+(?:\.[\w-]+)+\S*"
+    r"|\b(?:javascript|vbscript):\S+|\bdata:[\w/+.-]+[;,]\S*",
+    re.I,
+)
 _CITATION = re.compile(r"\[\s*(T\d+(?:\s*[,;]\s*T\d+)*)\s*\]", re.I)
-_TAG = re.compile(r"<[^>]*>")
-_OPEN_LINK = re.compile(r"\[[^\]]*\](?:\([^)]*\)|[^(])", re.S)
+_TAG = re.compile(r"<[^>]{0,2000}>")
+_OPEN_LINK = re.compile(r"\[[^\]]{0,500}\](?:\([^)]{0,2000}\)|[^(])", re.S)
+# A reference-style link's definition ("[1]: //evil.example"), and what is left of link syntax ("](" or "][").
+_LINK_DEFINITION = re.compile(r"^[ \t]*\[[^\]\n]{0,500}\]:[ \t]*\S.*$", re.M)
+_LINK_JOIN = re.compile(r"\]([(\[])")
 # A ticket reference as answers write it (chains/context.cited): "[#" and 8 hex digits "]".
 _REFERENCE = re.compile(r"\[\s*(#[0-9a-f]{8})\s*\]", re.I)
 # Anything in a ticket's own text that would read as a citation in an answer: a reference or a [T1] label.
-_CITATION_LIKE = re.compile(r"\[\s*(?:#[0-9a-f]{4,}|T\d+(?:\s*[,;]\s*T\d+)*)\s*\]", re.I)
+_CITATION_LIKE = re.compile(r"\[\s*(?:#[0-9a-f]{4,}|T\d{1,6}(?:\s*[,;]\s*T\d{1,6}){0,50})\s*\]", re.I)
+# Removing one construct can join its neighbours into another ("<<b></b>script>", "[#dead[#12345678]beef]"): each
+# cleaning runs until nothing changes, and text still changing after this many rounds loses its brackets.
+_ROUNDS = 6
 
 
 def _unlinked(text: str) -> str:
+    text = _LINK_DEFINITION.sub("", text)
     text = _IMAGE.sub("", text)
     text = _LINK.sub(r"\1", text)
     text = _HTML.sub("", text)
     return _URL.sub("[link removed]", text)
+
+
+def _stable(clean: Callable[[str], str], text: str) -> str:
+    for _ in range(_ROUNDS):
+        cleaned = clean(text)
+        if cleaned == text:
+            return _LINK_JOIN.sub(r"] \1", cleaned)
+        text = cleaned
+    return _defanged(text)
+
+
+def _defanged(text: str) -> str:
+    """Text that can form no link, tag or citation any more."""
+    return text.translate(str.maketrans("[]<>", "()‹›"))
 
 
 # A bare <word> that is no HTML element is an anonymisation placeholder (the demo tickets' <name>, <tel_num>,
@@ -50,6 +79,11 @@ def plain_text(text: str) -> str:
     no images, links, markup or URLs, and nothing that would read as a citation ([#1a2b3c4d], [T2]), since a ticket
     could otherwise make an answer cite tickets it never retrieved, another collection's included. Anonymisation
     placeholders stay, in brackets: <tel_num> becomes [tel_num]."""
+    text = _stable(_plain_once, text)
+    return text.replace("<", "‹").replace(">", "›")  # plain text: nothing left can open a tag
+
+
+def _plain_once(text: str) -> str:
     text = _LINE_BREAK.sub(" ", _PLACEHOLDER_TAG.sub(_placeholder, text))
     return _CITATION_LIKE.sub("", _unlinked(text))
 
@@ -79,10 +113,13 @@ class AnswerSanitizer:
         return " ".join(out)
 
     def _clean(self, text: str) -> str:
+        return _stable(self._clean_once, text)
+
+    def _clean_once(self, text: str) -> str:
         text = _unlinked(text)
         # a reference copied from a ticket's text: kept only for a ticket this answer retrieved
         text = _REFERENCE.sub(lambda m: m.group(0) if m.group(1).lower() in self.refs else "", text)
-        return _CITATION.sub(self._cite, text)
+        return _CITATION.sub(self._cite, text)  # in the loop: a dropped citation can join its neighbours too
 
     def _safe_end(self) -> int:
         buf = self.buffer
@@ -99,7 +136,8 @@ class AnswerSanitizer:
             for match in construct.finditer(buf, 0, end + 200):
                 if match.start() < end < match.end():
                     end = match.start()
-        if len(buf) - end > self.hold_limit:
+        if len(buf) - end > self.hold_limit:  # released unfinished: what was held can no longer open anything
+            self.buffer = buf = buf[:end] + _defanged(buf[end:])
             end = len(buf)
         return max(end, 0)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from chains.sanitize import AnswerSanitizer, plain_text
 
 OURS, FOREIGN = "#d4d7349d", "#883528bf"
@@ -32,3 +36,26 @@ def test_ticket_text_quoted_in_an_answer_has_no_citation_like_brackets() -> None
 def test_anonymisation_placeholders_stay_readable_while_markup_goes() -> None:
     text = plain_text("Thank you, <name>. Call <tel_num> or <Tel Nummer>.<br>Use <b>this</b> <img src=x onerror=a()>")
     assert text == "Thank you, [name]. Call [tel_num] or [Tel Nummer]. Use this "
+
+
+BYPASSES = [
+    "<<b></b>script>alert(1)<</b>/script>",
+    "<[T2]img src=x onerror=alert(1)>",
+    "[click]<b></b>(javascript:alert(1))",
+    "[#dead[#12345678]beef] and [T[T2]1]",
+    "[a [b] c](//evil.example/x) ![a [b] c](//evil.example/p.png?d=1)",
+    "see [here][1]\n\n[1]: //evil.example/?q=x",
+    "https:\\\\evil.example\\x, javascript:alert(1), data:image/png;base64,AAAA",
+]
+
+
+@pytest.mark.parametrize("text", BYPASSES)
+def test_removing_one_construct_cannot_rebuild_another(text: str) -> None:
+    for out in (plain_text(text), _streamed(text, [OURS], 5), _streamed(text, [OURS], len(text))):
+        assert not re.search(r"<\w|\]\(|\]\[|\[#(?!d4d7349d)|\[T\d|//evil|javascript:|data:image", out), out
+
+
+def test_a_construct_released_unfinished_at_the_hold_limit_cannot_close_later() -> None:
+    sanitizer = AnswerSanitizer([OURS], hold_limit=100)
+    out = sanitizer.feed("[" + "x" * 150) + sanitizer.feed("](javascript:alert(1)) done ") + sanitizer.close()
+    assert "](" not in out and "javascript:" not in out, out
