@@ -418,3 +418,17 @@ def test_invented_methods_share_one_metrics_label(secured: TestClient) -> None:
         secured.request(f"M{n}X", "/nowhere")
     metrics = secured.get("/metrics", headers={"X-API-Key": ADMIN}).text
     assert 'method="M0X"' not in metrics and 'method="other"' in metrics
+
+
+def test_open_probes_stay_open_whatever_framing_a_proxy_adds(secured: TestClient) -> None:
+    assert secured.request("GET", "/health", content=b"probe").status_code == 200
+    assert secured.request("GET", "/health", content=iter([b"probe"])).status_code == 200  # chunked
+
+
+def test_a_body_over_the_limit_is_counted_as_a_413_not_a_500(secured: TestClient) -> None:
+    admin = {"X-API-Key": ADMIN, "Content-Type": "application/json"}
+    refused = secured.post("/tickets/search", content=iter([b"[" + b"1," * 2_500_000 + b"1]"]), headers=admin)
+    assert refused.status_code == 413
+    metrics = secured.get("/metrics", headers={"X-API-Key": ADMIN}).text
+    assert 'status="413"' in metrics, metrics[:2000]
+    assert 'status="500"' not in metrics

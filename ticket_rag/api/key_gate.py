@@ -22,10 +22,16 @@ from ticket_rag.errors import DomainError
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
+# No route of these methods reads a body, and the open ones (/health) must stay open whatever a proxy frames.
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def _has_body(scope: Scope) -> bool:
-    """A POST, PUT or PATCH, or any other request that says it sends a body (a DELETE with one, say)."""
+    """A POST, PUT or PATCH, or another method's request that says it sends a body (a DELETE with one, say)."""
     if scope["method"] in BODY_METHODS:
         return True
+    if scope["method"] in BODYLESS_METHODS:
+        return False
     for name, value in scope["headers"]:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
             return True

@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.middleware import body_limit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -108,6 +109,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
             if not response_started:
+                if isinstance(exc, HTTPException):  # the body limit's 413, raised while the body was read
+                    status = exc.status_code
                 raise
             # A streamed response already told the client (LangServe sends an `error` event); re-raising
             # now would only cut the connection with a second, noisier report. A 413 sent while a chunked

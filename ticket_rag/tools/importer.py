@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,8 +128,8 @@ def _json_row(line: str) -> dict[str, Any]:
 
 
 def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    counts = Counter(k for k, _ in pairs)
+    repeated = sorted(k for k, n in counts.items() if n > 1)
     if repeated:
         raise ValueError(f"key {repeated[0]!r} appears twice")
     return dict(pairs)
