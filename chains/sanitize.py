@@ -20,8 +20,9 @@ _URL = re.compile(
 _CITATION = re.compile(r"\[\s*(T\d+(?:\s*[,;]\s*T\d+)*)\s*\]", re.I)
 _TAG = re.compile(r"<[^>]{0,2000}>")
 _OPEN_LINK = re.compile(r"\[[^\]]{0,500}\](?:\([^)]{0,2000}\)|[^(])", re.S)
-# A reference-style link's definition ("[1]: //evil.example"), and what is left of link syntax ("](" or "][").
-_LINK_DEFINITION = re.compile(r"^[ \t]*\[[^\]\n]{0,500}\]:[ \t]*\S.*$", re.M)
+# A reference-style link's definition whose destination looks like one ("[1]: //evil.example", "[1]: <x:y>"; not
+# "[T1]: Update the firmware."), and what is left of link syntax ("](" or "]["), which breaks any reference anyway.
+_LINK_DEFINITION = re.compile(r"^[ \t]*\[[^\]\n]{0,500}\]:[ \t]*(?:<|/|www\.|[a-z][\w+.-]{0,30}:)\S*.*$", re.M | re.I)
 _LINK_JOIN = re.compile(r"\]([(\[])")
 # A ticket reference as answers write it (chains/context.cited): "[#" and 8 hex digits "]".
 _REFERENCE = re.compile(r"\[\s*(#[0-9a-f]{8})\s*\]", re.I)

@@ -59,3 +59,8 @@ def test_a_construct_released_unfinished_at_the_hold_limit_cannot_close_later() 
     sanitizer = AnswerSanitizer([OURS], hold_limit=100)
     out = sanitizer.feed("[" + "x" * 150) + sanitizer.feed("](javascript:alert(1)) done ") + sanitizer.close()
     assert "](" not in out and "javascript:" not in out, out
+
+
+def test_a_line_that_starts_with_a_citation_and_a_colon_is_kept() -> None:
+    answer = _streamed("[T1]: Update the dock firmware, then reseat the cable.\n", [OURS], 4)
+    assert answer == f"[{OURS}]: Update the dock firmware, then reseat the cable.\n"
